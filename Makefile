@@ -1,0 +1,31 @@
+# Every target builds what it needs from nothing but python3 and the package registries.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
+STAMP  := $(VENV)/.installed
+REFERENCE_MDS := mosaicml-streaming==0.13.0
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv
+	# uv reads PyPI directly, so torch is the regular 2.13.0 build (not a local CPU-only wheel).
+	$(UV) pip install --python $(PY) --quiet -e '.[models,test]'
+	$(UV) pip install --python $(PY) --quiet --no-deps $(REFERENCE_MDS)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m jobs.mds_demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_mds_read.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
