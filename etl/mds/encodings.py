@@ -141,7 +141,7 @@ def _is_string_like(t: pa.DataType) -> bool:
 
 
 def _python_values(array: pa.Array) -> list:
-    if isinstance(array.type, pa.ExtensionType) and hasattr(array, "to_numpy"):
+    if isinstance(array.type, pa.BaseExtensionType) and hasattr(array, "to_numpy"):
         try:
             return list(array.to_numpy(zero_copy_only=False))
         except (TypeError, NotImplementedError, pa.ArrowException):
@@ -303,7 +303,7 @@ def _flat_values(array: pa.Array, per_row: int, column: str) -> pa.Array:
     """Flatten nested lists / tensors to their primitive values, checking each row has
     exactly `per_row` of them (C order)."""
     rows = len(array)
-    if isinstance(array.type, pa.ExtensionType):
+    if isinstance(array.type, pa.BaseExtensionType):
         array = array.storage
     row_offsets = np.arange(rows + 1, dtype=np.int64)
     while pa.types.is_list(array.type) or pa.types.is_large_list(array.type) \
@@ -317,7 +317,7 @@ def _flat_values(array: pa.Array, per_row: int, column: str) -> pa.Array:
             level = level - level[0]
         row_offsets = level[row_offsets]
         array = array.flatten()
-        if isinstance(array.type, pa.ExtensionType):
+        if isinstance(array.type, pa.BaseExtensionType):
             array = array.storage
     counts = np.diff(row_offsets)
     if len(counts) and (counts != per_row).any():
@@ -458,7 +458,7 @@ class NDArray(Encoding):
     def encode(self, array):
         if self.fixed_size is None:
             return None
-        t = array.type.storage_type if isinstance(array.type, pa.ExtensionType) else array.type
+        t = array.type.storage_type if isinstance(array.type, pa.BaseExtensionType) else array.type
         if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
             return None
         values = _flat_values(array, int(np.prod(self.shape)), self.name)

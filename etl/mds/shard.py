@@ -22,7 +22,7 @@ ERROR_COLUMN = "mds_error"
 def _null_where(array: pa.Array, mask: np.ndarray) -> pa.Array:
     if not mask.any():
         return array
-    if isinstance(array.type, pa.ExtensionType):
+    if isinstance(array.type, pa.BaseExtensionType):
         return pa.ExtensionArray.from_storage(array.type, _null_where(array.storage, mask))
     import pyarrow.compute as pc
 

@@ -1,0 +1,1 @@
+"""Ray Data datasinks. `MDSDatasink` writes MDS; `write_mds` is its front door."""

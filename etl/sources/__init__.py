@@ -1,0 +1,1 @@
+"""Ray Data datasources. `MDSDatasource` reads MDS datasets; `read_mds` is its front door."""
