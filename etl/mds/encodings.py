@@ -299,7 +299,7 @@ def _values_from_bytes(data: pa.LargeBinaryArray, arrow_type: pa.DataType, count
     return pa.Array.from_buffers(arrow_type, count, [None, data_buffer])
 
 
-def _flat_values(array: pa.Array, per_row: int, column: str) -> pa.Array:
+def _flat_values(array: pa.Array, per_row: int) -> pa.Array:
     """Flatten nested lists / tensors to their primitive values, checking each row has
     exactly `per_row` of them (C order)."""
     rows = len(array)
@@ -309,7 +309,7 @@ def _flat_values(array: pa.Array, per_row: int, column: str) -> pa.Array:
     while pa.types.is_list(array.type) or pa.types.is_large_list(array.type) \
             or pa.types.is_fixed_size_list(array.type):
         if array.null_count:
-            raise EncodingError(f"column {column!r}: null inside an ndarray value")
+            raise EncodingError("null inside an ndarray value")
         if pa.types.is_fixed_size_list(array.type):
             level = np.arange(len(array) + 1, dtype=np.int64) * array.type.list_size
         else:
@@ -322,10 +322,9 @@ def _flat_values(array: pa.Array, per_row: int, column: str) -> pa.Array:
     counts = np.diff(row_offsets)
     if len(counts) and (counts != per_row).any():
         bad = int(np.flatnonzero(counts != per_row)[0])
-        raise EncodingError(f"column {column!r}: row {bad} holds {int(counts[bad])} values, "
-                            f"the fixed shape needs {per_row}")
+        raise EncodingError(f"row {bad} holds {int(counts[bad])} values, the fixed shape needs {per_row}")
     if array.null_count:
-        raise EncodingError(f"column {column!r}: null inside an ndarray value")
+        raise EncodingError("null inside an ndarray value")
     return array
 
 
@@ -461,7 +460,7 @@ class NDArray(Encoding):
         t = array.type.storage_type if isinstance(array.type, pa.BaseExtensionType) else array.type
         if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
             return None
-        values = _flat_values(array, int(np.prod(self.shape)), self.name)
+        values = _flat_values(array, int(np.prod(self.shape)))
         values = values.cast(_NUMPY_TO_ARROW[self.dtype])
         data = values.buffers()[1].slice(values.offset * values.type.byte_width,
                                          len(values) * values.type.byte_width)

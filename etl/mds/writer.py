@@ -115,7 +115,14 @@ class MDSWriter:
 
     def write(self, sample: Mapping[str, Any]) -> None:
         """One sample as a dict of Python values (reference semantics, per value)."""
-        payloads = [enc.encode_value(sample[name]) for name, enc in zip(self.column_names, self.encodings)]
+        payloads = []
+        for name, enc in zip(self.column_names, self.encodings):
+            try:
+                payloads.append(enc.encode_value(sample[name]))
+            except KeyError:
+                raise ValueError(f"sample lacks column {name!r}") from None
+            except (EncodingError, TypeError, ValueError) as exc:
+                raise EncodingError(f"column {name!r} ({enc.name}): {exc}") from exc
         for name, enc, payload in zip(self.column_names, self.encodings, payloads):
             if enc.fixed_size is not None and len(payload) != enc.fixed_size:
                 raise EncodingError(f"column {name!r}: {len(payload)} bytes, {enc.name} needs {enc.fixed_size}")
@@ -144,9 +151,12 @@ class MDSWriter:
             array = batch.column(name)
             if array.null_count:
                 raise EncodingError(f"column {name!r} has {array.null_count} null value(s); MDS cannot store nulls")
-            pieces = encoding.encode(array)
-            if pieces is None:
-                pieces = Pieces.from_values([encoding.encode_value(v) for v in _python_values(array)])
+            try:
+                pieces = encoding.encode(array)
+                if pieces is None:
+                    pieces = Pieces.from_values([encoding.encode_value(v) for v in _python_values(array)])
+            except (EncodingError, pa.ArrowInvalid, TypeError, ValueError) as exc:
+                raise EncodingError(f"column {name!r} ({encoding.name}, Arrow {array.type}): {exc}") from exc
             encoding.check_size(pieces, name)
             parts.append((pieces.which + len(buffers), pieces.starts, pieces.lengths))
             buffers.extend(pieces.buffers)
