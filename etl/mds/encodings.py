@@ -9,7 +9,7 @@ Encoding is columnar where the Arrow type allows (`encode` returns pieces that t
 into place in one pass) and per value otherwise (`encode_value`, same semantics as the reference
 writer, including its rule that a value which is already `bytes` is stored as-is).
 
-`schemas/mds_arrow_types.md` documents the mapping; `ARROW_TYPE_DOC` below is its source.
+`schemas/mds_arrow_types.md` documents the mapping (a test keeps it equal to `arrow_type`).
 """
 
 import json
@@ -740,17 +740,3 @@ def get_encoding(text: str) -> Encoding:
                          "(ndarray also as ndarray:<dtype> or ndarray:<dtype>:<d0,d1,...>)")
     return factory()
 
-
-ARROW_TYPE_DOC = {
-    "bytes, jpeg, png": "large_binary (the stored bytes; images stay encoded)",
-    "pkl": "large_binary (the pickle bytes, never unpickled; read only with allow_pickle=True)",
-    "str, json, str_decimal": "large_string (UTF-8 checked; JSON and decimals kept as text)",
-    "str_int": "int64", "str_float": "float64", "int": "int64",
-    "uint8..uint64, int8..int64, float16/32/64": "the same native Arrow type",
-    "pil": str(_PIL_TYPE),
-    "jpeg_array, jpegarray, list[jpeg], list[png]": "list<large_binary>",
-    "list[pil]": f"list<{_PIL_TYPE}>",
-    "ndarray:<dtype>:<shape>": "fixed_shape_tensor(<dtype>, <shape>)",
-    "ndarray:<dtype>": "struct<shape: list<int64>, values: large_list<dtype>>",
-    "ndarray": "struct<dtype: string, shape: list<int64>, data: large_binary>",
-}
