@@ -244,19 +244,23 @@ class NumberText(Encoding):
 
     def decode(self, seg):
         text, bad_utf8 = _to_large_string(seg.copy_out(), np.ones(len(seg), bool))
-        try:
-            return text.cast(self._arrow_type), ([(bad_utf8, "not valid UTF-8")] if bad_utf8.any() else [])
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
+        problems = [(bad_utf8, "not valid UTF-8")] if bad_utf8.any() else []
+        if not bad_utf8.any():
+            try:
+                return text.cast(self._arrow_type), problems
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        # Only when Arrow's parser refuses something: find the rows, with the reference's parser.
         values, bad = [], np.zeros(len(seg), bool)
         for i, s in enumerate(text.to_pylist()):
             try:
-                values.append(self._parse(s))
+                values.append(None if bad_utf8[i] else self._parse(s))
             except (ValueError, OverflowError, TypeError):
                 values.append(None)
                 bad[i] = True
-        array = pa.array(values, type=self._arrow_type)
-        return array, [(bad & ~bad_utf8, f"not a valid {self.name} value for {self._arrow_type}")]
+        if bad.any():
+            problems.append((bad, f"not a valid {self.name} value for {self._arrow_type}"))
+        return pa.array(values, type=self._arrow_type), problems
 
     def encode(self, array):
         t = array.type

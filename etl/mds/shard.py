@@ -7,7 +7,7 @@ hand each selected column's byte ranges to its encoding. Shard-level damage rais
 a malformed sample only nulls its cells and names the problem in the `mds_error` column.
 """
 
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -56,62 +56,89 @@ def read_header(u8: np.ndarray, entry: ShardEntry, where: str) -> np.ndarray:
     return offsets
 
 
+class ShardLayout:
+    """Where every column of every sample of one shard lies, computed once with numpy."""
+
+    def __init__(self, data: pa.Buffer, entry: ShardEntry, where: str):
+        u8 = np.frombuffer(data, dtype=np.uint8)
+        offsets = read_header(u8, entry, where)
+        rows = entry.samples
+        starts, lengths = offsets[:-1], np.diff(offsets)
+        fixed = np.array([s if s is not None else -1 for s in entry.column_sizes], dtype=np.int64)
+        variable = np.flatnonzero(fixed < 0)
+        head = 4 * len(variable)
+
+        bad = lengths < head
+        sizes = np.tile(fixed, (rows, 1))
+        if len(variable) and rows:
+            at = np.where(bad, 0, starts)[:, None] + 4 * np.arange(len(variable))
+            raw = u8[np.minimum(at[:, :, None] + np.arange(4), len(u8) - 1)]
+            sizes[:, variable] = np.ascontiguousarray(raw).view("<u4")[:, :, 0]
+        sizes[bad] = 0
+        bad |= head + sizes.sum(axis=1) != lengths
+        sizes[bad] = np.where(fixed < 0, 0, fixed)
+        self.data, self.entry = data, entry
+        self.sizes, self.bad, self.fixed = sizes, bad, fixed
+        self.column_starts = starts[:, None] + head + np.cumsum(sizes, axis=1) - sizes
+        self.first_bad_length = int(lengths[bad][0]) if bad.any() else 0
+        # Cells of broken samples point at zeros (fixed width) or at nothing (variable width).
+        self.zeros = pa.py_buffer(np.zeros(max(int(fixed.max(initial=0)), 1), np.uint8))
+
+    def blocks(self, columns: Sequence[str], block_bytes: Optional[int]) -> list[tuple[int, int]]:
+        """Row ranges whose selected columns hold about `block_bytes` each (one range if None)."""
+        rows = self.entry.samples
+        if block_bytes is None or rows == 0:
+            return [(0, rows)]
+        picked = [self.entry.column_names.index(c) for c in columns]
+        cumulative = np.cumsum(self.sizes[:, picked].sum(axis=1))
+        cuts = np.searchsorted(cumulative, np.arange(block_bytes, cumulative[-1], block_bytes), side="right")
+        bounds = sorted(set([0, *cuts.tolist(), rows]))
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def decode(self, columns: Sequence[str], first: int, stop: int) -> pa.Table:
+        entry, bad = self.entry, self.bad[first:stop]
+        rows = stop - first
+        errors = np.full(rows, None, dtype=object)
+
+        def note(mask: np.ndarray, message: str) -> None:
+            for i in np.flatnonzero(mask):
+                errors[i] = message if errors[i] is None else f"{errors[i]}; {message}"
+
+        if bad.any():
+            note(bad, f"sample's column sizes do not add up to its bytes (first bad sample "
+                      f"of the shard is {self.first_bad_length} bytes)")
+        arrays = {}
+        for name in columns:
+            j = entry.column_names.index(name)
+            col_starts = np.where(bad, 0, self.column_starts[first:stop, j])
+            which = bad.astype(np.int64) if self.fixed[j] >= 0 else None
+            seg = Segments([self.data, self.zeros], col_starts, self.sizes[first:stop, j], which)
+            array, problems = get_encoding(entry.column_encodings[j]).decode(seg)
+            column_bad = bad.copy()
+            for mask, message in problems:
+                mask = mask & ~bad
+                note(mask, f"column {name!r}: {message}")
+                column_bad |= mask
+            arrays[name] = _null_where(array, column_bad)
+        arrays[ERROR_COLUMN] = pa.array(errors, type=pa.string())
+        return pa.table(arrays)
+
+
 def decode_shard(
     data: pa.Buffer,
     entry: ShardEntry,
     columns: Sequence[str],
     where: str,
-) -> pa.Table:
-    """Decode `columns` of a whole shard. The table never references `data` (callers may reuse
-    or unmap it). Adds `mds_error` (null for good rows)."""
-    u8 = np.frombuffer(data, dtype=np.uint8)
-    offsets = read_header(u8, entry, where)
-    rows = entry.samples
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    fixed = np.array([s if s is not None else -1 for s in entry.column_sizes], dtype=np.int64)
-    variable = np.flatnonzero(fixed < 0)
-    head = 4 * len(variable)
+    block_bytes: Optional[int] = None,
+) -> Iterator[tuple[int, pa.Table]]:
+    """Decode `columns` of a whole shard as (first row, table) blocks of about `block_bytes`.
 
-    bad_sample = lengths < head
-    sizes = np.tile(fixed, (rows, 1))
-    if len(variable) and rows:
-        at = np.where(bad_sample, 0, starts)[:, None] + 4 * np.arange(len(variable))
-        raw = u8[np.minimum(at[:, :, None] + np.arange(4), len(u8) - 1)]
-        sizes[:, variable] = np.ascontiguousarray(raw).view("<u4")[:, :, 0]
-    sizes[bad_sample] = 0
-    bad_sample |= head + sizes.sum(axis=1) != lengths
-    sizes[bad_sample] = np.where(fixed < 0, 0, fixed)
-    column_starts = starts[:, None] + head + np.cumsum(sizes, axis=1) - sizes
-
-    errors = np.full(rows, None, dtype=object)
-
-    def note(mask: np.ndarray, message: str) -> None:
-        for i in np.flatnonzero(mask):
-            errors[i] = message if errors[i] is None else f"{errors[i]}; {message}"
-
-    if bad_sample.any():
-        first = int(np.flatnonzero(bad_sample)[0])
-        note(bad_sample, f"sample's column sizes do not add up to its {int(lengths[first])} bytes "
-                         f"(first bad sample: {first})")
-
-    zeros = pa.py_buffer(np.zeros(max(int(fixed.max(initial=0)), 1), np.uint8))
-    arrays = {}
-    for name in columns:
-        j = entry.column_names.index(name)
-        encoding = get_encoding(entry.column_encodings[j])
-        # Cells of broken samples point at zeros (fixed width) or at nothing (variable width).
-        col_starts = np.where(bad_sample, 0, column_starts[:, j])
-        which = bad_sample.astype(np.int64) if fixed[j] >= 0 else None
-        seg = Segments([data, zeros], col_starts, sizes[:, j], which)
-        array, problems = encoding.decode(seg)
-        column_bad = bad_sample.copy()
-        for mask, message in problems:
-            mask = mask & ~bad_sample
-            note(mask, f"column {name!r}: {message}")
-            column_bad |= mask
-        arrays[name] = _null_where(array, column_bad)
-    arrays[ERROR_COLUMN] = pa.array(errors, type=pa.string())
-    return pa.table(arrays)
+    Tables never reference `data`, but `data` must stay valid until the generator finishes.
+    Each table has `mds_error` (null for good rows). Raises MDSError for a damaged shard.
+    """
+    layout = ShardLayout(data, entry, where)
+    for first, stop in layout.blocks(columns, block_bytes):
+        yield first, layout.decode(columns, first, stop)
 
 
 def output_schema(entry: ShardEntry, columns: Sequence[str],

@@ -2,8 +2,10 @@
 
 The driver reads index.json once, at construction. `get_read_tasks` only groups the selected
 shards (it is called several times per execution, so it stays cheap and pure). Each read task
-holds at most `shards_per_task` consecutive shards and yields one Arrow table per shard, so a
-task never holds more than one decoded shard. Each task's `size_bytes` is the decoded size.
+holds at most `shards_per_task` consecutive shards and yields blocks of about `block_bytes` as
+it decodes, so a task never holds more than one shard's bytes. Each task's `size_bytes` is the
+decoded size. Cells of broken samples are null (tensor cells too, which numpy cannot hold):
+split rows with `mds_error` off before converting tensor columns.
 """
 
 import functools
@@ -18,6 +20,7 @@ from ray.data.datasource import Datasource, ReadTask
 from etl import storage
 from etl.mds import ERROR_COLUMN, MDSError, ShardEntry, ShardReader, UnsafeEncodingError, load_index
 from etl.mds.hashing import check_hash_names
+from etl.mds.reader import DEFAULT_BLOCK_BYTES
 from etl.mds.shard import output_schema
 from etl.sources.shard_selection import ShardSpec, group_shards, select_shards
 
@@ -35,25 +38,41 @@ def estimate_decoded_bytes(entry: ShardEntry, columns: Sequence[str]) -> int:
     return max(payload, 0) + entry.samples * (_ROW_OVERHEAD_BYTES + 8 * len(columns))
 
 
+def _quarantined(entry: ShardEntry, problem: str, schema: pa.Schema) -> pa.Table:
+    """The whole shard is unreadable: one error row per sample the index declares."""
+    table = pa.table({field.name: pa.nulls(entry.samples, field.type)
+                      for field in schema if field.name not in ("shard", "row")})
+    return table.set_column(table.schema.get_field_index(ERROR_COLUMN), ERROR_COLUMN,
+                            pa.array([f"unreadable shard: {problem}"] * entry.samples, pa.string()))
+
+
 def _read_group(
     fs: pafs.FileSystem, root: str, entries: list[ShardEntry], columns: list[str],
-    verify_hashes: tuple[str, ...], on_bad_shard: OnBadShard, schema: pa.Schema,
+    verify_hashes: tuple[str, ...], on_bad_shard: OnBadShard, block_bytes: Optional[int],
+    schema: pa.Schema,
 ) -> Iterator[pa.Table]:
     reader = ShardReader(fs, root, verify_hashes)
     for entry in entries:
+        blocks = reader.read_blocks(entry, columns, block_bytes)
         try:
-            table = reader.read(entry, columns)
+            # Every shard-level check (size, hashes, decompression, header, offsets) runs before
+            # the first block comes out, so a damaged shard is never half-emitted.
+            first = next(blocks)
         except MDSError as exc:
             if on_bad_shard == "raise":
                 raise
-            # The whole shard is unreadable: account for each of its samples as an error row.
-            table = pa.table({field.name: pa.nulls(entry.samples, field.type)
-                              for field in schema if field.name not in ("shard", "row")})
-            table = table.set_column(table.schema.get_field_index(ERROR_COLUMN), ERROR_COLUMN,
-                                     pa.array([f"unreadable shard: {exc}"] * entry.samples, pa.string()))
-        table = table.add_column(0, "row", pa.array(np.arange(entry.samples, dtype=np.int64)))
-        table = table.add_column(0, "shard", pa.array(np.full(entry.samples, entry.index, dtype=np.int64)))
-        yield table.cast(schema)
+            yield _with_provenance(entry, 0, _quarantined(entry, str(exc), schema), schema)
+            continue
+        yield _with_provenance(entry, *first, schema)
+        for block in blocks:
+            yield _with_provenance(entry, *block, schema)
+
+
+def _with_provenance(entry: ShardEntry, first: int, table: pa.Table, schema: pa.Schema) -> pa.Table:
+    rows = table.num_rows
+    table = table.add_column(0, "row", pa.array(np.arange(first, first + rows, dtype=np.int64)))
+    table = table.add_column(0, "shard", pa.array(np.full(rows, entry.index, dtype=np.int64)))
+    return table.cast(schema)
 
 
 class MDSDatasource(Datasource):
@@ -70,6 +89,7 @@ class MDSDatasource(Datasource):
             gets its own task).
         on_bad_shard: "raise" fails the read on a corrupt/missing shard; "quarantine" turns each
             of its samples into a row whose `mds_error` names the shard and the problem.
+        block_bytes: size of the blocks a shard is decoded into (see DEFAULT_BLOCK_BYTES).
     """
 
     def __init__(
@@ -83,6 +103,7 @@ class MDSDatasource(Datasource):
         shards_per_task: int = 2,
         max_bytes_per_task: Optional[int] = 256 << 20,
         on_bad_shard: OnBadShard = "raise",
+        block_bytes: Optional[int] = DEFAULT_BLOCK_BYTES,
         filesystem: Optional[pafs.FileSystem] = None,
     ):
         super().__init__()
@@ -99,6 +120,7 @@ class MDSDatasource(Datasource):
         self._shards_per_task = shards_per_task
         self._max_bytes_per_task = max_bytes_per_task
         self._on_bad_shard = on_bad_shard
+        self._block_bytes = block_bytes
         reference = self._entries[0] if self._entries else None
         self._schema = (output_schema(reference, self._columns, PROVENANCE) if reference
                         else pa.schema([*PROVENANCE, pa.field(ERROR_COLUMN, pa.string())]))
@@ -161,7 +183,7 @@ class MDSDatasource(Datasource):
             )
             read_fn = functools.partial(
                 _read_group, self._fs, self._root, entries, self._columns, self._verify_hashes,
-                self._on_bad_shard, self._schema)
+                self._on_bad_shard, self._block_bytes, self._schema)
             tasks.append(ReadTask(read_fn, metadata, schema=self._schema,
                                   per_task_row_limit=per_task_row_limit))
         return tasks

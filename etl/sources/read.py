@@ -2,6 +2,7 @@
 
 from typing import Any, Optional, Sequence
 
+from etl.mds.reader import DEFAULT_BLOCK_BYTES
 from etl.sources.mds_datasource import MDSDatasource, OnBadShard
 from etl.sources.shard_selection import ShardSpec
 
@@ -16,6 +17,7 @@ def read_mds(
     shards_per_task: int = 2,
     max_bytes_per_task: Optional[int] = 256 << 20,
     on_bad_shard: OnBadShard = "raise",
+    block_bytes: Optional[int] = DEFAULT_BLOCK_BYTES,
     filesystem=None,
     **read_args: Any,
 ):
@@ -30,6 +32,6 @@ def read_mds(
     source = MDSDatasource(
         uri, shards=shards, columns=columns, verify_hashes=verify_hashes, allow_pickle=allow_pickle,
         shards_per_task=shards_per_task, max_bytes_per_task=max_bytes_per_task,
-        on_bad_shard=on_bad_shard, filesystem=filesystem,
+        on_bad_shard=on_bad_shard, block_bytes=block_bytes, filesystem=filesystem,
     )
     return ray.data.read_datasource(source, **read_args)

@@ -252,3 +252,52 @@ def test_shard_deleted_between_planning_and_reading(tmp_path, ray_local):
     _shard_file(path).unlink()
     with pytest.raises(Exception, match=r"shard\.00000\.mds: shard file is missing \(index.json lists it as shard 0\)"):
         dataset.take_all()
+
+
+def test_number_text_that_does_not_parse_or_is_not_utf8(tmp_path):
+    samples = [{"n": 5}, {"n": b"12x"}, {"n": b"\xff1"}, {"n": str(2**70).encode()}, {"n": -3}]
+    path = _dataset(tmp_path, samples, columns={"n": "str_int"}, size_limit=None)
+    table = _read_all(path)[0]
+    assert table.column("n").to_pylist() == [5, None, None, None, -3]
+    assert table.column("mds_error").to_pylist() == [
+        None, "column 'n': not a valid str_int value for int64", "column 'n': not valid UTF-8",
+        "column 'n': not a valid str_int value for int64", None]
+
+
+def test_a_broken_sample_nulls_tensor_and_list_cells_too(tmp_path, ray_local):
+    from etl.mds import MDSWriter
+
+    with MDSWriter(str(tmp_path), columns={"t": "ndarray:float32:2", "frames": "jpeg_array", "s": "str"},
+                   size_limit=None) as writer:
+        for i in range(3):
+            writer.write({"t": np.array([i, i], np.float32), "frames": [b"x"] * i, "s": "ok"})
+    data = bytearray(_shard_file(tmp_path).read_bytes())
+    second = int.from_bytes(data[8:12], "little")
+    data[second: second + 4] = (10**6).to_bytes(4, "little")
+    _shard_file(tmp_path).write_bytes(bytes(data))
+    import pyarrow as pa
+
+    dataset = etl.read_mds(str(tmp_path))
+    table = pa.concat_tables(dataset.iter_batches(batch_size=None, batch_format="pyarrow")).sort_by("row")
+    assert [e is None for e in table.column("mds_error").to_pylist()] == [True, False, True]
+    assert [table.column(c)[1].is_valid for c in ("t", "frames", "s")] == [False, False, False]
+    # Split off error rows first: then tensor columns convert to numpy as usual.
+    from ray.data.expressions import col
+
+    good = dataset.filter(expr=col("mds_error").is_null()).take_all()
+    assert sorted(r["t"].tolist() for r in good) == [[0.0, 0.0], [2.0, 2.0]]
+
+
+def test_quarantined_shard_rows_match_the_schema_of_every_encoding(tmp_path, ray_local):
+    from tests.mds_cases import SAFE_COLUMNS, make_samples
+
+    write_reference(tmp_path, make_samples(3), columns=SAFE_COLUMNS, size_limit=None)
+    _shard_file(tmp_path).write_bytes(b"garbage")
+    import pyarrow as pa
+
+    dataset = etl.read_mds(str(tmp_path), on_bad_shard="quarantine")
+    table = pa.concat_tables(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+    assert table.schema == dataset.schema().base_schema
+    assert table.num_rows == 3
+    assert all(e.startswith("unreadable shard") for e in table.column("mds_error").to_pylist())
+    assert all(table.column(name).null_count == 3 for name in SAFE_COLUMNS)

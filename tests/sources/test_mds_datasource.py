@@ -85,3 +85,14 @@ def test_tensor_columns_batch_to_numpy_without_python_objects(tmp_path, ray_loca
     batch = next(iter(etl.read_mds(str(tmp_path)).iter_batches(batch_size=6, batch_format="numpy")))
     assert batch["latent"].dtype == np.float32 and batch["latent"].shape == (6, 4, 2, 2)
     assert sorted(batch["latent"][:, 0, 0, 0].tolist()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_shards_stream_out_as_bounded_blocks_with_exact_row_provenance(dataset_path):
+    source = MDSDatasource(str(dataset_path), shards_per_task=1, block_bytes=20_000)
+    blocks = [block for task in source.get_read_tasks(parallelism=1) for block in task()]
+    assert len(blocks) > 2 * len(source.entries)  # shards were cut into several blocks
+    assert max(b.nbytes for b in blocks) < 20_000 + 60_000  # a block passes the target by < 1 sample
+    rows = [r for b in blocks for r in b.select(["shard", "row", "id"]).to_pylist()]
+    expected = [(e.index, j) for e in source.entries for j in range(e.samples)]
+    assert [(r["shard"], r["row"]) for r in rows] == expected
+    assert [r["id"] for r in rows] == list(range(120))  # written in order, so ids follow (shard, row)
