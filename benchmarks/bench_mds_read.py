@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--rounds", type=int, default=4, help="first is the cold round")
+    parser.add_argument("--rounds", type=int, default=5, help="first is the cold round")
     parser.add_argument("--streaming-limit", type=int, default=200,
                         help="samples to time for StreamingDataset with workers (it is slow)")
     parser.add_argument("--no-ray", action="store_true")

@@ -52,7 +52,7 @@ class Segments:
     def read_u32(self, at: np.ndarray, which: Optional[np.ndarray] = None) -> np.ndarray:
         """Little-endian u32 at each position (callers keep `at + 4` inside the buffer)."""
         at = np.asarray(at, dtype=np.int64)
-        which = _as_segments_which(self, len(at)) if which is None else which
+        which = self.buffer_ids() if which is None else which
         out = np.zeros(len(at), dtype=np.int64)
         if not self._u8:
             self._u8.extend(np.frombuffer(b, dtype=np.uint8) for b in self.buffers)
@@ -66,11 +66,8 @@ class Segments:
     def sub(self, starts, lengths, which=None) -> "Segments":
         return Segments(self.buffers, starts, lengths, which, self._u8)
 
-
-
-
-def _as_segments_which(seg: Segments, count: int) -> np.ndarray:
-    return np.zeros(count, np.int64) if seg.which is None else seg.which
+    def buffer_ids(self) -> np.ndarray:
+        return np.zeros(len(self), np.int64) if self.which is None else self.which
 
 
 @dataclass
@@ -149,7 +146,7 @@ def _python_values(array: pa.Array) -> list:
     return array.to_pylist()
 
 
-def _to_large_string(binary: pa.Array, valid: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+def _to_large_string(binary: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """Validate UTF-8 in C++; only when that fails, find the offending rows one by one."""
     try:
         return binary.cast(pa.large_string()), np.zeros(len(binary), bool)
@@ -157,12 +154,11 @@ def _to_large_string(binary: pa.Array, valid: np.ndarray) -> tuple[pa.Array, np.
         pass
     bad = np.zeros(len(binary), bool)
     for i, value in enumerate(binary.to_pylist()):
-        if valid[i]:
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError:
-                bad[i] = True
-    cleaned = pc.if_else(pa.array(bad | ~valid), pa.scalar(b"", pa.large_binary()), binary)
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            bad[i] = True
+    cleaned = pc.if_else(pa.array(bad), pa.scalar(b"", pa.large_binary()), binary)
     return cleaned.cast(pa.large_string()), bad
 
 
@@ -206,7 +202,7 @@ class Text(Encoding):
         self.name = name
 
     def decode(self, seg):
-        array, bad = _to_large_string(seg.copy_out(), np.ones(len(seg), bool))
+        array, bad = _to_large_string(seg.copy_out())
         return array, [(bad, "not valid UTF-8")] if bad.any() else []
 
     def encode(self, array):
@@ -243,7 +239,7 @@ class NumberText(Encoding):
         return self._arrow_type
 
     def decode(self, seg):
-        text, bad_utf8 = _to_large_string(seg.copy_out(), np.ones(len(seg), bool))
+        text, bad_utf8 = _to_large_string(seg.copy_out())
         problems = [(bad_utf8, "not valid UTF-8")] if bad_utf8.any() else []
         if not bad_utf8.any():
             try:
@@ -405,7 +401,7 @@ class NDArray(Encoding):
         # The header (dtype byte, ndim/shape) varies per sample, so parse it per sample; the
         # values themselves are still copied out in one pass.
         rows = len(seg)
-        which = _as_segments_which(seg, rows)
+        which = seg.buffer_ids()
         dtypes, shapes = [], []
         data_starts = np.zeros(rows, np.int64)
         data_lengths = np.zeros(rows, np.int64)
@@ -526,7 +522,7 @@ def _pil_raw_size(mode: str, width: np.ndarray, height: np.ndarray):
 
 def _decode_pil(seg: Segments) -> tuple[pa.StructArray, Problems]:
     count = len(seg)
-    which = _as_segments_which(seg, count)
+    which = seg.buffer_ids()
     ok = seg.lengths >= 12
     starts = np.where(ok, seg.starts, 0)
     width = seg.read_u32(starts, which)
@@ -612,7 +608,7 @@ class ImageList(Encoding):
 
     def decode(self, seg):
         rows = len(seg)
-        which = _as_segments_which(seg, rows)
+        which = seg.buffer_ids()
         head = 4 * self.header_words
         ok = seg.lengths >= head
         counts = np.where(ok, seg.read_u32(seg.starts + head - 4, which), 0)

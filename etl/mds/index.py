@@ -21,9 +21,6 @@ class FileInfo:
     bytes: int
     hashes: dict
 
-    def to_json(self) -> dict:
-        return {"basename": self.basename, "bytes": self.bytes, "hashes": dict(self.hashes)}
-
 
 @dataclass(frozen=True)
 class ShardEntry:
@@ -47,21 +44,6 @@ class ShardEntry:
 
     def encoding(self, column: str) -> Encoding:
         return get_encoding(self.column_encodings[self.column_names.index(column)])
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "column_encodings": list(self.column_encodings),
-            "column_names": list(self.column_names),
-            "column_sizes": list(self.column_sizes),
-            "compression": self.compression,
-            "format": "mds",
-            "hashes": list(self.hashes),
-            "raw_data": self.raw_data.to_json(),
-            "samples": self.samples,
-            "size_limit": self.size_limit,
-            "version": 2,
-            "zip_data": self.zip_data.to_json() if self.zip_data else None,
-        }
 
 
 def check_basename(basename: Any, where: str) -> str:

@@ -97,11 +97,13 @@ class MDSWriter:
         self.fs, self.root = storage.resolve(out, filesystem)
         if write_index and not exist_ok and storage.exists(self.fs, storage.join(self.root, INDEX_BASENAME)):
             raise FileExistsError(f"{storage.display(self.fs, self.root)} already holds an index.json")
-        self._config = json.dumps({
+        # The shard config, as the reference writes it into each shard and each index entry.
+        self._settings = {
             "column_encodings": self.column_encodings, "column_names": self.column_names,
             "column_sizes": self.column_sizes, "compression": self.compression, "format": "mds",
             "hashes": self.hashes, "size_limit": self.size_limit, "version": 2,
-        }, sort_keys=True).encode("utf-8")
+        }
+        self._config = json.dumps(self._settings, sort_keys=True).encode("utf-8")
         self._variable = [j for j, size in enumerate(self.column_sizes) if size is None]
         self._pending: list[_Batch] = []
         self._loose: list[bytes] = []
@@ -259,12 +261,7 @@ class MDSWriter:
             zip_info = {"basename": stored_name, "bytes": len(stored),
                         "hashes": {a: hexdigest(a, stored) for a in self.hashes}}
         storage.write_file(self.fs, storage.join(self.root, stored_name), stored)
-        self.shards.append({
-            "column_encodings": self.column_encodings, "column_names": self.column_names,
-            "column_sizes": self.column_sizes, "compression": self.compression, "format": "mds",
-            "hashes": self.hashes, "raw_data": raw_info, "samples": samples,
-            "size_limit": self.size_limit, "version": 2, "zip_data": zip_info,
-        })
+        self.shards.append({**self._settings, "raw_data": raw_info, "samples": samples, "zip_data": zip_info})
         self.rows_written += samples
 
     # -- finish --------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from etl import storage
-from etl.mds import ERROR_COLUMN, MDSError, ShardEntry, ShardReader, UnsafeEncodingError, load_index
+from etl.mds import (
+    ERROR_COLUMN, MDSError, ShardEntry, ShardReader, UnsafeEncodingError, get_encoding, load_index,
+)
 from etl.mds.hashing import check_hash_names
 from etl.mds.reader import DEFAULT_BLOCK_BYTES
 from etl.mds.shard import output_schema
@@ -146,7 +148,7 @@ class MDSDatasource(Datasource):
                 if have[name] != dict(zip(first.column_names, first.column_encodings))[name]:
                     raise MDSError(self._uri, f"column {name!r} is {have[name]!r} in shard "
                                               f"{entry.index} but differs in shard {first.index}")
-                if have[name] == "pkl" and not allow_pickle:
+                if not get_encoding(have[name]).safe and not allow_pickle:
                     raise UnsafeEncodingError(
                         self._uri, f"column {name!r} is pickled (pkl): unpickling runs arbitrary "
                                    "code. Pass allow_pickle=True to read its bytes, or leave it out of columns")
