@@ -103,6 +103,7 @@ class Encoding:
     name: str = ""
     fixed_size: Optional[int] = None
     safe: bool = True
+    image_files: bool = False  # values are PNG/JPEG files (or lists of them)
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -173,6 +174,7 @@ class RawBytes(Encoding):
 
     def __init__(self, name: str, *, safe: bool = True):
         self.name, self.safe = name, safe
+        self.image_files = name in ("jpeg", "png")
 
     def decode(self, seg):
         return seg.copy_out(), []
@@ -601,6 +603,7 @@ class ImageList(Encoding):
 
     def __init__(self, name: str, element: str, header_words: int):
         self.name, self.element, self.header_words = name, element, header_words
+        self.image_files = element != "pil"
 
     @property
     def arrow_type(self):

@@ -56,9 +56,11 @@ def load_index(fs: pafs.FileSystem, root: str) -> list[ShardEntry]:
 class ShardReader:
     """Reads whole shards and decodes selected columns. Raises MDSError for a bad shard."""
 
-    def __init__(self, fs: pafs.FileSystem, root: str, verify_hashes: Sequence[str] = ()):
+    def __init__(self, fs: pafs.FileSystem, root: str, verify_hashes: Sequence[str] = (),
+                 max_image_pixels: Optional[int] = None):
         self.fs, self.root = fs, root
         self.verify_hashes = check_hash_names(verify_hashes)
+        self.max_image_pixels = max_image_pixels
 
     def where(self, entry: ShardEntry) -> str:
         return storage.display(self.fs, storage.join(self.root, entry.stored.basename))
@@ -110,7 +112,8 @@ class ShardReader:
                     block_bytes: Optional[int] = DEFAULT_BLOCK_BYTES) -> Iterator[tuple[int, pa.Table]]:
         """(first row, table) blocks of about `block_bytes` of the selected columns."""
         with self.raw(entry) as data:
-            yield from decode_shard(data, entry, columns, self.where(entry), block_bytes)
+            yield from decode_shard(data, entry, columns, self.where(entry), block_bytes,
+                                    self.max_image_pixels)
 
     def read(self, entry: ShardEntry, columns: Sequence[str]) -> pa.Table:
         """The whole shard as one table."""

@@ -59,7 +59,9 @@ def read_header(u8: np.ndarray, entry: ShardEntry, where: str) -> np.ndarray:
 class ShardLayout:
     """Where every column of every sample of one shard lies, computed once with numpy."""
 
-    def __init__(self, data: pa.Buffer, entry: ShardEntry, where: str):
+    def __init__(self, data: pa.Buffer, entry: ShardEntry, where: str,
+                 max_image_pixels: Optional[int] = None):
+        self.max_image_pixels = max_image_pixels
         u8 = np.frombuffer(data, dtype=np.uint8)
         offsets = read_header(u8, entry, where)
         rows = entry.samples
@@ -113,7 +115,12 @@ class ShardLayout:
             col_starts = np.where(bad, 0, self.column_starts[first:stop, j])
             which = bad.astype(np.int64) if self.fixed[j] >= 0 else None
             seg = Segments([self.data, self.zeros], col_starts, self.sizes[first:stop, j], which)
-            array, problems = get_encoding(entry.column_encodings[j]).decode(seg)
+            encoding = get_encoding(entry.column_encodings[j])
+            array, problems = encoding.decode(seg)
+            if self.max_image_pixels is not None and encoding.image_files:
+                from etl.image_headers import image_limit_problems
+
+                problems = problems + image_limit_problems(array, self.max_image_pixels)
             column_bad = bad.copy()
             for mask, message in problems:
                 mask = mask & ~bad
@@ -130,13 +137,15 @@ def decode_shard(
     columns: Sequence[str],
     where: str,
     block_bytes: Optional[int] = None,
+    max_image_pixels: Optional[int] = None,
 ) -> Iterator[tuple[int, pa.Table]]:
     """Decode `columns` of a whole shard as (first row, table) blocks of about `block_bytes`.
 
     Tables never reference `data`, but `data` must stay valid until the generator finishes.
-    Each table has `mds_error` (null for good rows). Raises MDSError for a damaged shard.
+    Each table has `mds_error` (null for good rows). Raises MDSError for a damaged shard. With
+    `max_image_pixels`, image cells whose header is unreadable or claims more pixels are errors.
     """
-    layout = ShardLayout(data, entry, where)
+    layout = ShardLayout(data, entry, where, max_image_pixels)
     for first, stop in layout.blocks(columns, block_bytes):
         yield first, layout.decode(columns, first, stop)
 

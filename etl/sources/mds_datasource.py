@@ -51,9 +51,9 @@ def _quarantined(entry: ShardEntry, problem: str, schema: pa.Schema) -> pa.Table
 def _read_group(
     fs: pafs.FileSystem, root: str, entries: list[ShardEntry], columns: list[str],
     verify_hashes: tuple[str, ...], on_bad_shard: OnBadShard, block_bytes: Optional[int],
-    schema: pa.Schema,
+    max_image_pixels: Optional[int], schema: pa.Schema,
 ) -> Iterator[pa.Table]:
-    reader = ShardReader(fs, root, verify_hashes)
+    reader = ShardReader(fs, root, verify_hashes, max_image_pixels)
     for entry in entries:
         blocks = reader.read_blocks(entry, columns, block_bytes)
         try:
@@ -92,6 +92,8 @@ class MDSDatasource(Datasource):
         on_bad_shard: "raise" fails the read on a corrupt/missing shard; "quarantine" turns each
             of its samples into a row whose `mds_error` names the shard and the problem.
         block_bytes: size of the blocks a shard is decoded into (see DEFAULT_BLOCK_BYTES).
+        max_image_pixels: if set, jpeg/png cells (and frames of image lists) whose header is
+            unreadable or claims more pixels become errors, checked without decoding pixels.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class MDSDatasource(Datasource):
         max_bytes_per_task: Optional[int] = 256 << 20,
         on_bad_shard: OnBadShard = "raise",
         block_bytes: Optional[int] = DEFAULT_BLOCK_BYTES,
+        max_image_pixels: Optional[int] = None,
         filesystem: Optional[pafs.FileSystem] = None,
     ):
         super().__init__()
@@ -123,6 +126,7 @@ class MDSDatasource(Datasource):
         self._max_bytes_per_task = max_bytes_per_task
         self._on_bad_shard = on_bad_shard
         self._block_bytes = block_bytes
+        self._max_image_pixels = max_image_pixels
         reference = self._entries[0] if self._entries else None
         self._schema = (output_schema(reference, self._columns, PROVENANCE) if reference
                         else pa.schema([*PROVENANCE, pa.field(ERROR_COLUMN, pa.string())]))
@@ -185,7 +189,7 @@ class MDSDatasource(Datasource):
             )
             read_fn = functools.partial(
                 _read_group, self._fs, self._root, entries, self._columns, self._verify_hashes,
-                self._on_bad_shard, self._block_bytes, self._schema)
+                self._on_bad_shard, self._block_bytes, self._max_image_pixels, self._schema)
             tasks.append(ReadTask(read_fn, metadata, schema=self._schema,
                                   per_task_row_limit=per_task_row_limit))
         return tasks

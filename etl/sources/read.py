@@ -18,6 +18,7 @@ def read_mds(
     max_bytes_per_task: Optional[int] = 256 << 20,
     on_bad_shard: OnBadShard = "raise",
     block_bytes: Optional[int] = DEFAULT_BLOCK_BYTES,
+    max_image_pixels: Optional[int] = None,
     filesystem=None,
     **read_args: Any,
 ):
@@ -32,6 +33,7 @@ def read_mds(
     source = MDSDatasource(
         uri, shards=shards, columns=columns, verify_hashes=verify_hashes, allow_pickle=allow_pickle,
         shards_per_task=shards_per_task, max_bytes_per_task=max_bytes_per_task,
-        on_bad_shard=on_bad_shard, block_bytes=block_bytes, filesystem=filesystem,
+        on_bad_shard=on_bad_shard, block_bytes=block_bytes, max_image_pixels=max_image_pixels,
+        filesystem=filesystem,
     )
     return ray.data.read_datasource(source, **read_args)

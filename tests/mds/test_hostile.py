@@ -213,19 +213,33 @@ def test_sample_whose_column_sizes_do_not_add_up(tmp_path):
     assert table.column("id")[1].as_py() is None and table.column("id")[2].as_py() == 2
 
 
-def test_image_bombs_stay_encoded_bytes(tmp_path):
-    # A PNG whose header claims 60000 x 60000 pixels (10.8 GB as RGB): the reader never decodes
-    # pixels, so it passes through at its encoded size; the frame decoder enforces pixel limits.
+def test_image_bombs_pass_as_bytes_or_become_error_rows_with_a_pixel_limit(tmp_path):
+    # A PNG whose header claims 60000 x 60000 pixels (10.8 GB as RGB) and a JPEG frame claiming
+    # the same. Pixels are never decoded here: without a limit they pass at their encoded size;
+    # with `max_image_pixels` the header check turns them into error rows.
     import struct
     import zlib
 
+    from tests.test_image_headers import claim_jpeg_size
+
     ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
     chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
-    path = _dataset(tmp_path, [{"id": 1, "img": bomb}], columns={"id": "int", "img": "png"})
+    png_bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    rng = np.random.default_rng(0)
+    frame = jpeg_bytes(rng)
+    samples = [{"id": 0, "img": png_bomb, "frames": [frame, frame]},
+               {"id": 1, "img": png_bomb.replace(ihdr[:8], struct.pack(">II", 8, 8)), "frames": [frame]},
+               {"id": 2, "img": png_bomb, "frames": [frame, claim_jpeg_size(frame, 60000, 60000)]}]
+    path = _dataset(tmp_path, samples, columns={"id": "int", "img": "png", "frames": "jpeg_array"}, size_limit=None)
     table = _read_all(path)[0]
-    assert table.column("img")[0].as_py() == bomb
-    assert table.nbytes < 4096
+    assert table.column("img")[0].as_py() == png_bomb and table.nbytes < 16384
+    assert table.column("mds_error").to_pylist() == [None, None, None]
+
+    limited = _read_all(path, max_image_pixels=50_000_000)[0]
+    claim = "image claims 60000x60000 pixels, over max_image_pixels=50000000 (decompression bomb?)"
+    assert limited.column("mds_error").to_pylist() == [
+        f"column 'img': {claim}", None, f"column 'frames': {claim}; column 'img': {claim}"]
+    assert limited.column("img").to_pylist()[1] == samples[1]["img"]
 
 
 def test_quarantine_mode_turns_a_bad_shard_into_error_rows(tmp_path, ray_local):
