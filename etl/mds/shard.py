@@ -1,4 +1,4 @@
-"""Decode the bytes of one uncompressed `.mds` shard file into an Arrow table, column by column.
+"""Decode one uncompressed `.mds` shard file into Arrow tables (row blocks), column by column.
 
 Layout (MDS_FORMAT.md): u32 N, u32 offsets[N+1], config JSON, then the samples. A sample is one
 u32 size per variable-size column followed by every column's payload in column order. We check
