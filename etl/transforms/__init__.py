@@ -1,0 +1,1 @@
+"""CPU stages: frame decode / resize (more to come: prompt building)."""

@@ -1,0 +1,199 @@
+"""Frame decoding for the CPU stage: encoded frames in, two pixel views out.
+
+Per frame: a header check against the decompression-bomb limit (no pixels decoded yet), a JPEG
+DCT-scaled decode (`draft`) when the frame shrinks by 2x or more, EXIF orientation, conversion
+of L/P/RGBA/CMYK/16-bit/... to RGB, then
+- the captioner view: Qwen-VL "smart resize" (sides multiples of patch x merge, pixel count
+  within [min_pixels, max_pixels]), using transformers' own `smart_resize`;
+- the encoder view: shorter side resized to `crop_size`, then a centre crop.
+
+A sample whose frames cannot all be decoded is a value (`FrameError` with its reason), never an
+exception that sinks the batch.
+"""
+
+import io
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+# Qwen3-VL's image processor: patch 16, merge 2 -> sides are multiples of 32.
+QWEN3_VL_FACTOR = 32
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    factor: int = QWEN3_VL_FACTOR
+    min_pixels: int = 64 * 32 * 32      # Qwen3-VL's shortest_edge default (65536)
+    max_pixels: int = 448 * 448         # bounds captioner tokens per frame: 196 at factor 32
+    crop_size: int = 224
+    max_image_pixels: int = 50_000_000  # a 1 MB JPEG claiming more is a decompression bomb
+    use_draft: bool = True
+
+    def __post_init__(self):
+        if self.factor < 1 or self.crop_size < 1:
+            raise ValueError(f"factor and crop_size must be positive: {self}")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+
+
+class FrameError(Exception):
+    """Why a frame could not be decoded; the sample goes to quarantine with this reason."""
+
+
+@dataclass
+class Frame:
+    caption_view: np.ndarray  # (H, W, 3) uint8, H and W multiples of spec.factor
+    crop: np.ndarray          # (crop, crop, 3) uint8
+    source_size: tuple[int, int]  # (width, height) as stored, before orientation
+
+
+_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}
+
+
+def _caption_size(width: int, height: int, spec: FrameSpec) -> tuple[int, int]:
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    try:
+        h, w = smart_resize(height, width, factor=spec.factor, min_pixels=spec.min_pixels,
+                            max_pixels=spec.max_pixels)
+    except ValueError as exc:  # aspect ratio over 200
+        raise FrameError(str(exc)) from None
+    return w, h
+
+
+def _to_rgb(image):
+    """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16-bit keeps its range."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        grey = np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if (mode == "P" and "transparency" in image.info) or mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_frame(data: bytes, spec: FrameSpec) -> Frame:
+    """One encoded image -> its two views. Raises FrameError with the reason."""
+    from PIL import Image, ImageOps
+
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise FrameError(f"decompression bomb: {exc}") from None
+    except Exception as exc:  # PIL raises many types for garbage
+        raise FrameError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
+    width, height = image.size
+    if width * height > spec.max_image_pixels:
+        raise FrameError(f"image claims {width}x{height} pixels, over max_image_pixels="
+                         f"{spec.max_image_pixels} (decompression bomb?)")
+    try:
+        orientation = image.getexif().get(_ORIENTATION, 1)
+        upright = (height, width) if orientation in _SWAPS_AXES else (width, height)
+        caption_size = _caption_size(*upright, spec)
+        scale = spec.crop_size / min(upright)
+        needed = (max(caption_size[0], round(upright[0] * scale)),
+                  max(caption_size[1], round(upright[1] * scale)))
+        if spec.use_draft and image.format == "JPEG":
+            # DCT scaling: decode at 1/2, 1/4 or 1/8 size, never below what the views need.
+            request = (needed[1], needed[0]) if orientation in _SWAPS_AXES else needed
+            image.draft("RGB", request)
+        image.load()
+        image = _to_rgb(ImageOps.exif_transpose(image))
+    except FrameError:
+        raise
+    except Exception as exc:
+        raise FrameError(f"cannot decode ({type(exc).__name__}: {exc})") from None
+    caption = np.asarray(image.resize(caption_size, Image.BICUBIC))
+    w, h = image.size
+    scale = spec.crop_size / min(w, h)
+    resized = image.resize((max(spec.crop_size, round(w * scale)), max(spec.crop_size, round(h * scale))),
+                           Image.BICUBIC)
+    left = (resized.width - spec.crop_size) // 2
+    top = (resized.height - spec.crop_size) // 2
+    crop = np.asarray(resized.crop((left, top, left + spec.crop_size, top + spec.crop_size)))
+    return Frame(caption, crop, (width, height))
+
+
+def decode_sample(frames: Sequence[bytes], spec: FrameSpec) -> list[Frame]:
+    if not frames:
+        raise FrameError("sample has no frames")
+    decoded = []
+    for i, data in enumerate(frames):
+        try:
+            decoded.append(decode_frame(data, spec))
+        except FrameError as exc:
+            raise FrameError(f"frame {i}: {exc}") from None
+    return decoded
+
+
+# -------------------------------------------------------------------------------------------
+# The stage: a pyarrow batch in, the same rows out with pixel columns and an error column.
+
+CAPTION_VIEW_TYPE = pa.struct([("height", pa.int32()), ("width", pa.int32()), ("pixels", pa.large_binary())])
+
+
+class FrameDecodeStage:
+    """CPU stage. Needs `image_column` (binary or list of binary) and `error_column`; adds
+    `caption_frames`, `crops`, `frame_count`, `frame_sizes`. Rows that arrive with an error are
+    passed through untouched; rows that fail here get their reason in `error_column`."""
+
+    resources = {"num_cpus": 1, "num_gpus": 0}
+
+    def __init__(self, image_column: str, spec: FrameSpec = FrameSpec(), error_column: str = "error"):
+        self.image_column, self.spec, self.error_column = image_column, spec, error_column
+
+    @property
+    def outputs(self) -> dict[str, pa.DataType]:
+        crop = pa.fixed_shape_tensor(pa.uint8(), [self.spec.crop_size, self.spec.crop_size, 3])
+        return {"caption_frames": pa.list_(CAPTION_VIEW_TYPE), "crops": pa.list_(crop),
+                "frame_count": pa.int32(), "frame_sizes": pa.list_(pa.list_(pa.int32(), 2))}
+
+    @staticmethod
+    def pixel_bytes_per_frame(spec: FrameSpec) -> int:
+        """Upper bound of decoded bytes one frame adds to a batch (for batch sizing)."""
+        return 3 * (spec.max_pixels + spec.crop_size ** 2)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        column = batch.column(self.image_column).combine_chunks()
+        errors = batch.column(self.error_column).to_pylist()
+        is_list = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+        values = column.to_pylist()
+        caption_rows, crop_rows, counts, sizes = [], [], [], []
+        for i, value in enumerate(values):
+            frames: Optional[list[Frame]] = None
+            if errors[i] is None:
+                try:
+                    frames = decode_sample(value if is_list else [value], self.spec)
+                except FrameError as exc:
+                    errors[i] = f"decode: {exc}"
+            frames = frames or []
+            caption_rows.append([{"height": f.caption_view.shape[0], "width": f.caption_view.shape[1],
+                                  "pixels": f.caption_view.tobytes()} for f in frames])
+            crop_rows.append([f.crop for f in frames])
+            counts.append(len(frames))
+            sizes.append([list(f.source_size) for f in frames])
+        out = self.outputs
+        crop_type = out["crops"].value_type
+        flat = [c for row in crop_rows for c in row]
+        storage = pa.FixedSizeListArray.from_arrays(
+            pa.array(np.concatenate([c.reshape(-1) for c in flat]) if flat else np.zeros(0, np.uint8)),
+            int(np.prod(crop_type.shape)))
+        offsets = pa.array(np.concatenate([[0], np.cumsum([len(r) for r in crop_rows])]).astype(np.int32))
+        crops = pa.ListArray.from_arrays(offsets, pa.ExtensionArray.from_storage(crop_type, storage))
+        batch = batch.set_column(batch.schema.get_field_index(self.error_column), self.error_column,
+                                 pa.array(errors, pa.string()))
+        return (batch.append_column("caption_frames", pa.array(caption_rows, out["caption_frames"]))
+                .append_column("crops", crops)
+                .append_column("frame_count", pa.array(counts, pa.int32()))
+                .append_column("frame_sizes", pa.array(sizes, out["frame_sizes"])))

@@ -1,0 +1,128 @@
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from etl.synthetic import jpeg_frames
+from etl.transforms.frames import FrameDecodeStage, FrameError, FrameSpec, decode_frame, decode_sample
+
+SPEC = FrameSpec(max_pixels=224 * 224, min_pixels=32 * 32, crop_size=64)
+
+
+def _encode(image, fmt="PNG", **kwargs):
+    out = io.BytesIO()
+    image.save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def _quadrants(width=96, height=64):
+    """Red top-left quadrant on blue: shows where the top-left corner ended up."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[...] = (0, 0, 255)
+    pixels[: height // 2, : width // 2] = (255, 0, 0)
+    return Image.fromarray(pixels)
+
+
+def test_views_have_qwen_sizes_and_the_crop_size():
+    frame = decode_frame(jpeg_frames(1, 1280, 720)[0], FrameSpec())
+    h, w, _ = frame.caption_view.shape
+    assert h % 32 == 0 and w % 32 == 0 and 65536 <= h * w <= 448 * 448
+    assert abs(w / h - 1280 / 720) < 0.1
+    assert frame.crop.shape == (224, 224, 3) and frame.crop.dtype == np.uint8
+    assert frame.source_size == (1280, 720)
+
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = _encode(_quadrants(), "JPEG", exif=exif, quality=95)
+    frame = decode_frame(data, SPEC)
+    h, w, _ = frame.caption_view.shape
+    assert h > w  # landscape source displays as portrait
+    top_right = frame.caption_view[: h // 4, -w // 4:].reshape(-1, 3).mean(axis=0)
+    assert top_right[0] > 200 and top_right[2] < 60  # red moved from top-left to top-right
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "1", "I;16", "I", "F", "YCbCr", "PA"])
+def test_every_mode_becomes_rgb(mode):
+    source = _quadrants()
+    image = source.convert(mode) if mode not in ("I;16", "I", "F", "PA") else None
+    if mode in ("I;16", "I", "F"):
+        grey = np.asarray(source.convert("L"), np.float64)
+        scale = {"I;16": 257, "I": 257, "F": 1}[mode]
+        dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+        image = Image.fromarray((grey * scale).astype(dtype))
+        image = image if image.mode == mode else image.convert(mode)
+    if mode == "PA":
+        image = source.convert("P").convert("PA")
+    fmt = "JPEG" if mode in ("CMYK", "YCbCr") else "TIFF" if mode in ("I", "F", "PA") else "PNG"
+    frame = decode_frame(_encode(image, fmt), SPEC)
+    assert frame.caption_view.dtype == np.uint8 and frame.caption_view.shape[2] == 3
+    expected = np.asarray(source.convert("L").resize(frame.caption_view.shape[1::-1]), np.float64)
+    got = np.asarray(Image.fromarray(frame.caption_view).convert("L"), np.float64)
+    if mode != "1":  # bilevel keeps only the shape
+        assert np.abs(got - expected).mean() < 25, mode  # 16-bit range mapped, not clipped
+
+
+def test_transparency_is_composited_on_white():
+    clear = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    frame = decode_frame(_encode(clear), SPEC)
+    assert frame.caption_view.min() == 255
+
+
+def test_draft_decode_is_close_to_full_decode():
+    data = jpeg_frames(1, 1280, 720)[0]
+    drafted = decode_frame(data, FrameSpec()).caption_view.astype(np.float64)
+    full = decode_frame(data, FrameSpec(use_draft=False)).caption_view.astype(np.float64)
+    psnr = 10 * np.log10(255 ** 2 / np.mean((drafted - full) ** 2))
+    assert psnr > 35, psnr
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "not a decodable image"),
+    (b"garbage bytes", "not a decodable image"),
+])
+def test_undecodable_frames_raise_frame_error_with_a_reason(data, reason):
+    with pytest.raises(FrameError, match=reason):
+        decode_frame(data, SPEC)
+
+
+def test_truncated_jpeg_and_bomb_and_empty_sample():
+    good = jpeg_frames(1, 320, 180)[0]
+    with pytest.raises(FrameError, match=r"frame 1: cannot decode \(OSError"):
+        decode_sample([good, good[: len(good) // 3]], SPEC)
+    from tests.test_image_headers import claim_jpeg_size
+
+    with pytest.raises(FrameError, match=r"frame 0: image claims 10000x6000 pixels, over max_image_pixels=50000000"):
+        decode_sample([claim_jpeg_size(good, 10000, 6000)], SPEC)
+    with pytest.raises(FrameError, match=r"frame 0: decompression bomb: Image size \(3600000000 pixels\)"):
+        decode_sample([claim_jpeg_size(good, 60000, 60000)], SPEC)  # Pillow's own, larger limit
+    with pytest.raises(FrameError, match="sample has no frames"):
+        decode_sample([], SPEC)
+
+
+def test_stage_adds_views_and_turns_failures_into_error_values():
+    good = jpeg_frames(2, 320, 180)
+    batch = pa.table({
+        "id": [0, 1, 2, 3],
+        "frames": pa.array([good, [good[0], b"junk"], good[:1], good], pa.list_(pa.large_binary())),
+        "error": pa.array([None, None, None, "column 'frames': upstream problem"], pa.string()),
+    })
+    stage = FrameDecodeStage("frames", SPEC)
+    out = stage(batch)
+    assert out.column("error").to_pylist()[1].startswith("decode: frame 1: not a decodable image")
+    assert out.column("error").to_pylist()[3] == "column 'frames': upstream problem"  # untouched
+    assert out.column("frame_count").to_pylist() == [2, 0, 1, 0]
+    assert out.schema.field("crops").type == stage.outputs["crops"]
+    crops = out.column("crops").combine_chunks().flatten().to_numpy_ndarray()
+    assert crops.shape == (3, 64, 64, 3) and crops.dtype == np.uint8
+    view = out.column("caption_frames")[0].as_py()[0]
+    assert len(view["pixels"]) == view["height"] * view["width"] * 3
+    assert out.column("frame_sizes").to_pylist()[0] == [[320, 180], [320, 180]]
+
+
+def test_spec_is_validated():
+    with pytest.raises(ValueError, match="min_pixels <= max_pixels"):
+        FrameSpec(min_pixels=10, max_pixels=5)
