@@ -115,13 +115,12 @@ def decode_frame(data: bytes, spec: FrameSpec) -> Frame:
     except Exception as exc:
         raise FrameError(f"cannot decode ({type(exc).__name__}: {exc})") from None
     caption = np.asarray(image.resize(caption_size, Image.BICUBIC))
+    # Shorter side to crop_size then centre crop == resize only the centre square (`box`),
+    # which filters the same pixels without resizing the parts the crop drops.
     w, h = image.size
-    scale = spec.crop_size / min(w, h)
-    resized = image.resize((max(spec.crop_size, round(w * scale)), max(spec.crop_size, round(h * scale))),
-                           Image.BICUBIC)
-    left = (resized.width - spec.crop_size) // 2
-    top = (resized.height - spec.crop_size) // 2
-    crop = np.asarray(resized.crop((left, top, left + spec.crop_size, top + spec.crop_size)))
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    crop = np.asarray(image.resize((spec.crop_size, spec.crop_size), Image.BICUBIC, box=box))
     return Frame(caption, crop, (width, height))
 
 
