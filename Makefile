@@ -12,6 +12,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip >/dev/null
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
 	# uv reads PyPI directly, so torch is the regular 2.13.0 build (not a local CPU-only wheel).
 	$(UV) pip install --python $(PY) --quiet -e '.[models,test]'

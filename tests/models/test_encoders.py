@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from etl.models.encoders import ImageEmbedder, LatentEncoder, pool_per_sample
+from etl.models.tiny import ensure_tiny_models
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return ensure_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+def _frames(count, size=224, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def test_tiny_checkpoints_use_the_production_classes_and_load_from_a_path(tiny):
+    import json
+
+    assert json.loads((tiny["clip"] / "config.json").read_text())["architectures"] == ["CLIPModel"]
+    assert json.loads((tiny["vae"] / "config.json").read_text())["_class_name"] == "AutoencoderKL"
+    again = ensure_tiny_models(tiny["clip"].parent)  # present: nothing rebuilt
+    assert again == tiny
+
+
+def test_image_embeddings_are_unit_vectors_and_repeatable(tiny):
+    frames = _frames(5)
+    first = ImageEmbedder(str(tiny["clip"]), batch_size=2)(frames)
+    second = ImageEmbedder(str(tiny["clip"]))(frames)
+    assert first.shape == (5, 16) and first.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(first[0], first[1])  # different frames, different embeddings
+
+
+def test_crops_of_another_size_are_resized_on_the_device(tiny):
+    embedder = ImageEmbedder(str(tiny["clip"]))
+    assert embedder(_frames(2, size=160)).shape == (2, 16)
+    with pytest.raises(ValueError, match=r"frames must be uint8 \(N, H, W, 3\)"):
+        embedder(_frames(2).astype(np.float32))
+
+
+def test_latents_have_the_vae_shape_and_are_repeatable(tiny):
+    encoder = LatentEncoder(str(tiny["vae"]), batch_size=3)
+    frames = _frames(4)
+    latents = encoder(frames)
+    assert latents.shape == (4, *encoder.latent_shape(224, 224)) == (4, 4, 28, 28)
+    np.testing.assert_allclose(latents, LatentEncoder(str(tiny["vae"]))(frames), rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_per_sample_follows_frame_counts():
+    frames = np.eye(4, dtype=np.float32)[[0, 1, 1, 2, 3]]
+    pooled = pool_per_sample(frames, np.array([2, 0, 3]))
+    np.testing.assert_allclose(pooled[0], np.array([1, 1, 0, 0]) / np.sqrt(2), rtol=1e-6)
+    assert not pooled[1].any()  # a sample with no frames has no embedding
+    np.testing.assert_allclose(np.linalg.norm(pooled[2]), 1.0, rtol=1e-6)
