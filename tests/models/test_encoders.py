@@ -19,6 +19,9 @@ def test_tiny_checkpoints_use_the_production_classes_and_load_from_a_path(tiny):
 
     assert json.loads((tiny["clip"] / "config.json").read_text())["architectures"] == ["CLIPModel"]
     assert json.loads((tiny["vae"] / "config.json").read_text())["_class_name"] == "AutoencoderKL"
+    assert json.loads((tiny["qwen3_vl"] / "config.json").read_text())["architectures"] == [
+        "Qwen3VLForConditionalGeneration"]
+    assert json.loads((tiny["qwen3_vl"] / "processor_config.json").read_text())["processor_class"] == "Qwen3VLProcessor"
     again = ensure_tiny_models(tiny["clip"].parent)  # present: nothing rebuilt
     assert again == tiny
 

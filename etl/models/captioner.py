@@ -1,0 +1,143 @@
+"""Captions and quality scores from a vision-language model (Qwen3-VL).
+
+Shared by every backend: the prompt (a fixed system prompt first, so prefix caching pays), the
+JSON schema the answer must follow (vLLM enforces it with structured outputs), and the parser.
+The parser is lenient about wrapping (code fences, text around the object) and strict about
+content: output it cannot read is recorded as unparsable, with the raw text as the caption and
+no scores. It never invents a default score.
+
+Backends implement `Captioner.caption(samples) -> list[CaptionResult]`. `TransformersCaptioner`
+runs anywhere (tests, demo, CPU); the vLLM backend is the production one.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Optional, Protocol, Sequence
+
+import numpy as np
+
+SCORES = ("quality", "aesthetics")
+SYSTEM_PROMPT = (
+    "You write training captions for images and video frames. Answer with one JSON object and "
+    "nothing else: {\"caption\": one or two sentences describing what is shown, \"quality\": "
+    "technical quality from 1 (unusable) to 5 (excellent), \"aesthetics\": visual appeal from 1 to 5}."
+)
+CAPTION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "caption": {"type": "string", "minLength": 1},
+        **{name: {"type": "integer", "minimum": 1, "maximum": 5} for name in SCORES},
+    },
+    "required": ["caption", *SCORES],
+    "additionalProperties": False,
+}
+
+
+@dataclass(frozen=True)
+class CaptionSample:
+    frames: Sequence[np.ndarray]  # (H, W, 3) uint8 each, sides multiples of the model's factor
+    context: Optional[str] = None  # optional text that came with the sample
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    caption: str
+    quality: Optional[float]
+    aesthetics: Optional[float]
+    parse_error: Optional[str]  # None when the answer followed the schema
+    raw: str
+
+
+class Captioner(Protocol):
+    name: str
+
+    def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
+        ...
+
+
+def build_messages(frame_count: int, context: Optional[str]) -> list[dict]:
+    """Chat messages for one sample; images go first, in frame order."""
+    text = f"{frame_count} frame(s) of one sample, in order."
+    if context:
+        text += f" Text that came with it: {context}"
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": [{"type": "image"}] * frame_count + [{"type": "text", "text": text}]},
+    ]
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+def parse_answer(raw: str) -> CaptionResult:
+    text = raw.strip()
+    fenced = _FENCE.search(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return CaptionResult(raw, None, None, "no JSON object in the answer", raw)
+    try:
+        answer = json.loads(text[start:end + 1])
+    except json.JSONDecodeError as exc:
+        return CaptionResult(raw, None, None, f"invalid JSON ({exc.msg})", raw)
+    if not isinstance(answer, dict):
+        return CaptionResult(raw, None, None, "answer is not a JSON object", raw)
+    caption = answer.get("caption")
+    has_caption = isinstance(caption, str) and bool(caption.strip())
+    problems = [] if has_caption else ["caption missing or empty"]
+    scores = {}
+    for name in SCORES:
+        value = answer.get(name)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not 1 <= number <= 5:
+            problems.append(f"{name} {value!r} is not a number from 1 to 5")
+            number = None
+        scores[name] = number
+    return CaptionResult(caption.strip() if has_caption else raw, scores["quality"], scores["aesthetics"],
+                         "; ".join(problems) or None, raw)
+
+
+class TransformersCaptioner:
+    """Qwen3-VL through transformers (`AutoModelForImageTextToText` + `AutoProcessor`)."""
+
+    name = "transformers"
+
+    def __init__(self, model_path: str, *, max_new_tokens: int = 128, temperature: float = 0.0,
+                 seed: int = 0, device: Optional[str] = None):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.processor = AutoProcessor.from_pretrained(model_path)
+        self.processor.tokenizer.padding_side = "left"  # batched generation appends on the right
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).eval().to(self.device)
+        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
+        image_processor = self.processor.image_processor
+        self.frame_factor = image_processor.patch_size * image_processor.merge_size
+
+    def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
+        import torch
+        from PIL import Image
+
+        if not samples:
+            return []
+        texts = [self.processor.apply_chat_template(build_messages(len(s.frames), s.context),
+                                                    add_generation_prompt=True, tokenize=False)
+                 for s in samples]
+        images = [[Image.fromarray(frame) for frame in s.frames] for s in samples]
+        # Frames arrive already smart-resized by the CPU stage: do not resample them again.
+        inputs = self.processor(text=texts, images=images, padding=True, do_resize=False,
+                                return_tensors="pt").to(self.device)
+        sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 \
+            else {"do_sample": False}
+        torch.manual_seed(self.seed)
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
+        answers = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [parse_answer(answer) for answer in answers]

@@ -1,0 +1,61 @@
+import pytest
+
+from etl.models.captioner import (
+    CAPTION_SCHEMA, SYSTEM_PROMPT, CaptionSample, TransformersCaptioner, build_messages, parse_answer,
+)
+from etl.models.tiny import ensure_tiny_models
+from etl.synthetic import jpeg_frames
+from etl.transforms.frames import FrameSpec, decode_sample
+
+
+@pytest.mark.parametrize("raw, caption, quality, aesthetics", [
+    ('{"caption": "a red car", "quality": 4, "aesthetics": 3}', "a red car", 4.0, 3.0),
+    ('Sure!\n```json\n{"caption": " two dogs ", "quality": "5", "aesthetics": 2.5}\n```', "two dogs", 5.0, 2.5),
+])
+def test_answers_that_follow_the_schema(raw, caption, quality, aesthetics):
+    result = parse_answer(raw)
+    assert (result.caption, result.quality, result.aesthetics, result.parse_error) == (caption, quality, aesthetics, None)
+
+
+@pytest.mark.parametrize("raw, error, scores", [
+    ("a dog on a beach", "no JSON object in the answer", (None, None)),
+    ('{"caption": "x", "quality": 9, "aesthetics": 3}', "quality 9 is not a number from 1 to 5", (None, 3.0)),
+    ('{"caption": "", "quality": 3}', "caption missing or empty; aesthetics None is not a number from 1 to 5", (3.0, None)),
+    ('{"caption": "x", "quality": 3, "aesthetics": 3', "no JSON object in the answer", (None, None)),
+    ('{caption: x}', "invalid JSON", (None, None)),
+])
+def test_unparsable_answers_are_marked_and_never_get_default_scores(raw, error, scores):
+    result = parse_answer(raw)
+    assert result.parse_error.startswith(error)
+    assert result.raw == raw and isinstance(result.caption, str)
+    assert (result.quality, result.aesthetics) == scores  # only what the model really said
+
+
+def test_prompt_puts_the_shared_system_prompt_first_and_one_image_per_frame():
+    messages = build_messages(3, "beach clip")
+    assert messages[0] == {"role": "system", "content": SYSTEM_PROMPT}
+    assert [c["type"] for c in messages[1]["content"]] == ["image"] * 3 + ["text"]
+    assert "beach clip" in messages[1]["content"][-1]["text"]
+    assert set(CAPTION_SCHEMA["required"]) == {"caption", "quality", "aesthetics"}
+
+
+@pytest.fixture(scope="module")
+def captioner(tmp_path_factory):
+    paths = ensure_tiny_models(tmp_path_factory.mktemp("tiny"))
+    return TransformersCaptioner(str(paths["qwen3_vl"]), max_new_tokens=12, temperature=0.8, seed=7), paths
+
+
+def test_tiny_qwen3_vl_captions_multi_frame_samples_repeatably(captioner):
+    model, paths = captioner
+    assert model.frame_factor == 32
+    spec = FrameSpec(factor=model.frame_factor, min_pixels=32 * 32 * 4, max_pixels=128 * 128, crop_size=32)
+    frames = jpeg_frames(3, 320, 180)
+    samples = [CaptionSample([f.caption_view for f in decode_sample(frames, spec)], "a clip"),
+               CaptionSample([f.caption_view for f in decode_sample(frames[:1], spec)])]
+    first = model.caption(samples)
+    again = TransformersCaptioner(str(paths["qwen3_vl"]), max_new_tokens=12, temperature=0.8, seed=7).caption(samples)
+    assert [r.raw for r in first] == [r.raw for r in again]  # same seed, same captions
+    assert all(isinstance(r.caption, str) for r in first)
+    # random weights write junk: it must be marked unparsable, with no scores made up
+    assert all(r.parse_error and r.quality is None and r.aesthetics is None for r in first)
+    assert model.caption([]) == []
