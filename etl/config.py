@@ -1,0 +1,146 @@
+"""The curation job's configuration: a YAML file, validated before anything starts.
+
+Every section forbids unknown keys, so a typo fails at once with the allowed keys; enumerations
+name their allowed values; numbers carry their bounds. CLI flags override file values through
+dotted keys (`set_values({"sink.buckets": 64})`).
+"""
+
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, with every problem named."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReadConfig(_Section):
+    shards: Optional[str] = None            # "A:B"; None = all
+    image_column: Optional[str] = None      # None: chosen from the index's encodings
+    text_column: Optional[str] = None
+    id_column: Optional[str] = None         # None: sample_id derived from (shard, row)
+    shards_per_task: int = Field(2, ge=1)
+    verify_hashes: list[str] = []
+
+
+class FramesConfig(_Section):
+    max_pixels: int = Field(448 * 448, ge=32 * 32)    # captioner pixels per frame
+    min_pixels: int = Field(64 * 32 * 32, ge=1)
+    crop_size: int = Field(224, ge=8)                 # encoder input side
+    max_image_pixels: int = Field(50_000_000, ge=1)   # decompression-bomb limit
+    use_draft: bool = True
+    max_frames: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _pixels_in_order(self):
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) exceeds max_pixels ({self.max_pixels})")
+        return self
+
+
+class CaptionerConfig(_Section):
+    backend: Literal["transformers", "vllm"] = "transformers"
+    model: str = "models/tiny/qwen3_vl"   # local path or URI of a checkpoint
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    batch_size: int = Field(8, ge=1)
+    max_model_len: int = Field(8192, ge=256)
+
+
+class EncoderConfig(_Section):
+    model: str
+    batch_size: int = Field(32, ge=1)
+
+
+class ModelsConfig(_Section):
+    captioner: CaptionerConfig = CaptionerConfig()
+    embedder: EncoderConfig = EncoderConfig(model="models/tiny/clip")
+    vae: EncoderConfig = EncoderConfig(model="models/tiny/vae", batch_size=8)
+    build_tiny_if_missing: bool = False  # only the demo/local config turns this on
+
+
+class SinkConfig(_Section):
+    format: Literal["delta", "parquet"] = "delta"
+    buckets: int = Field(16, ge=1, le=4096)
+
+
+class RayConfig(_Section):
+    address: Optional[str] = None   # None: join the cluster of `ray job submit`, else start one
+
+
+class JobConfig(_Section):
+    input: str
+    output: str
+    read: ReadConfig = ReadConfig()
+    frames: FramesConfig = FramesConfig()
+    models: ModelsConfig = ModelsConfig()
+    sink: SinkConfig = SinkConfig()
+    ray: RayConfig = RayConfig()
+    max_error_fraction: float = Field(0.01, ge=0.0, le=1.0)  # above it, the run fails
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            section = _section_of(problem["loc"][:-1])
+            message = f"unknown key; allowed keys: {sorted(section.model_fields)}"
+        elif problem["type"] == "missing":
+            message = "required"
+        got = problem.get("input")
+        suffix = "" if problem["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {where}: {message}{suffix}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def _section_of(path) -> type[BaseModel]:
+    section: type[BaseModel] = JobConfig
+    for key in path:
+        annotation = section.model_fields[str(key)].annotation
+        section = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else section
+    return section
+
+
+def _nest(dotted: Mapping[str, Any]) -> dict:
+    nested: dict = {}
+    for key, value in dotted.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> JobConfig:
+    """YAML file (optional) + dotted-key overrides (CLI flags; None values are ignored)."""
+    import yaml
+
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path}: the top level must be a mapping of keys")
+    data = _merge(data, _nest({k: v for k, v in (overrides or {}).items() if v is not None}))
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
