@@ -1,0 +1,127 @@
+"""`TableDatasink`: hash-partitioned Delta Lake (or plain hive Parquet) tables, written by workers.
+
+Each write task casts its rows to the table's versioned schema (schemas/tables.py), sorts them
+by bucket and writes one Parquet file per bucket it holds, under `bucket=<n>/`. Only file
+metadata goes back to the driver, which commits every file of the write in one Delta
+transaction. Files of a failed write are never committed (and are removed on a best effort).
+Files per bucket per commit = number of write tasks that held that bucket; `min_rows_per_write`
+bundles rows so that stays small.
+"""
+
+import json
+import time
+import uuid
+from typing import Any, Iterable, Literal, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource import Datasink
+from ray.data.datasource.datasink import WriteResult
+
+from etl import storage
+from schemas.tables import PARTITION_COLUMN
+
+_STATS_COLUMNS = ("shard", "row", "sample_id")  # min/max for data skipping (shard-range backfills)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table with exactly the schema's columns and types, or a ValueError naming the gap."""
+    have, want = set(table.schema.names), set(schema.names)
+    if have != want:
+        raise ValueError(f"rows do not match table schema {schema.metadata.get(b'table', b'?').decode()} "
+                         f"v{schema.metadata.get(b'schema_version', b'?').decode()}: missing "
+                         f"{sorted(want - have)}, unexpected {sorted(have - want)}")
+    table = table.select(schema.names)
+    for field in schema:
+        column = table.column(field.name)
+        if not field.nullable and column.null_count:
+            raise ValueError(f"column {field.name!r} holds {column.null_count} null(s); the schema forbids them")
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise ValueError(f"rows do not cast to the table schema: {exc}") from None
+
+
+def _stats(table: pa.Table) -> str:
+    minimum, maximum, nulls = {}, {}, {}
+    for name in _STATS_COLUMNS:
+        if name in table.schema.names and table.num_rows:
+            bounds = pc.min_max(table.column(name)).as_py()
+            minimum[name], maximum[name] = bounds["min"], bounds["max"]
+            nulls[name] = table.column(name).null_count
+    return json.dumps({"numRecords": table.num_rows, "minValues": minimum, "maxValues": maximum,
+                       "nullCount": nulls})
+
+
+class TableDatasink(Datasink[list[dict[str, Any]]]):
+    def __init__(self, uri: str, schema: pa.Schema, *, run_id: str,
+                 format: Literal["delta", "parquet"] = "delta", min_rows_per_write: Optional[int] = None,
+                 filesystem: Optional[pafs.FileSystem] = None):
+        if format not in ("delta", "parquet"):
+            raise ValueError(f"format={format!r}; allowed: 'delta', 'parquet'")
+        if PARTITION_COLUMN not in schema.names:
+            raise ValueError(f"table schema lacks the partition column {PARTITION_COLUMN!r}")
+        self.uri, self.schema, self.run_id, self.format = uri, schema, run_id, format
+        self._min_rows, self._filesystem = min_rows_per_write, filesystem
+        self._write_id = uuid.uuid4().hex[:8]
+        self.files: list[dict[str, Any]] = []
+
+    @property
+    def min_rows_per_write(self) -> Optional[int]:
+        return self._min_rows
+
+    def write(self, blocks: Iterable[Block], ctx) -> list[dict[str, Any]]:
+        fs, root = storage.resolve(self.uri, self._filesystem)
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return []
+        table = conform(pa.concat_tables(tables, promote_options="permissive"), self.schema)
+        table = table.take(pc.sort_indices(table.column(PARTITION_COLUMN)))
+        buckets = table.column(PARTITION_COLUMN).to_numpy()
+        values, starts = np.unique(buckets, return_index=True)
+        stops = list(starts[1:]) + [len(buckets)]
+        written = []
+        for bucket, start, stop in zip(values.tolist(), starts.tolist(), stops):
+            part = table.slice(start, stop - start).drop_columns([PARTITION_COLUMN])
+            path = f"{PARTITION_COLUMN}={bucket}/part-{self.run_id}-{self._write_id}-{ctx.task_idx:05d}.parquet"
+            sink = pa.BufferOutputStream()
+            pq.write_table(part, sink, compression="zstd")
+            data = sink.getvalue()
+            storage.write_file(fs, storage.join(root, path), data)
+            written.append({"path": path, "size": data.size, "bucket": bucket, "rows": part.num_rows,
+                            "stats": _stats(part), "modification_time": int(time.time() * 1000)})
+        return written
+
+    def on_write_complete(self, write_result: WriteResult[list[dict[str, Any]]]) -> None:
+        self.files = [f for task in write_result.write_returns for f in task]
+        if self.format == "parquet" or not self.files:
+            return
+        from deltalake import DeltaTable, Schema
+        from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+
+        actions = [AddAction(path=f["path"], size=f["size"], partition_values={PARTITION_COLUMN: str(f["bucket"])},
+                             modification_time=f["modification_time"], data_change=True, stats=f["stats"])
+                   for f in self.files]
+        delta_schema = Schema.from_arrow(self.schema)
+        properties = CommitProperties(custom_metadata={"run_id": self.run_id, "files": len(actions)})
+        if DeltaTable.is_deltatable(self.uri):
+            DeltaTable(self.uri).create_write_transaction(
+                actions, mode="append", schema=delta_schema, partition_by=[PARTITION_COLUMN],
+                commit_properties=properties)
+        else:
+            create_table_with_add_actions(self.uri, delta_schema, actions, mode="append",
+                                          partition_by=[PARTITION_COLUMN], commit_properties=properties)
+
+    def on_write_failed(self, error: Exception) -> None:
+        fs, root = storage.resolve(self.uri, self._filesystem)
+        try:
+            for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+                if f"-{self._write_id}-" in info.base_name and info.base_name.startswith(f"part-{self.run_id}-"):
+                    fs.delete_file(info.path)
+        except OSError:
+            pass  # uncommitted files are invisible to Delta readers anyway
