@@ -68,6 +68,8 @@ class ModelsConfig(_Section):
 class SinkConfig(_Section):
     format: Literal["delta", "parquet"] = "delta"
     buckets: int = Field(16, ge=1, le=4096)
+    rows_per_write: int = Field(8192, ge=1)      # per write call; a file holds ~rows_per_write / buckets
+    commit_every_files: int = Field(256, ge=1)   # commit as soon as this many files are pending
 
 
 class RayConfig(_Section):

@@ -1,7 +1,9 @@
 """Table schemas, version 1. Tensor shapes come from the models a run uses (embedding width,
 latent shape), so each schema is a function of those; everything else is fixed."""
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCHEMA_VERSION = 1
 PARTITION_COLUMN = "bucket"
@@ -56,3 +58,64 @@ def runs_schema() -> pa.Schema:
         pa.field("committed_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("config", pa.string(), nullable=False),  # the run's config as JSON
     ], metadata={"schema_version": str(SCHEMA_VERSION), "table": "runs"})
+
+
+# --- Storage form ------------------------------------------------------------------------------
+# Delta has no tensor or fixed-size list type, so tables are stored with plain lists (row-major
+# values) and readers restore the logical types above with `restore`.
+
+def _storage_type(logical: pa.DataType) -> pa.DataType:
+    if isinstance(logical, pa.BaseExtensionType):
+        return _storage_type(logical.storage_type)
+    if pa.types.is_fixed_size_list(logical) or pa.types.is_list(logical) or pa.types.is_large_list(logical):
+        return pa.list_(_storage_type(logical.value_type))
+    return logical
+
+
+def storage_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([pa.field(f.name, _storage_type(f.type), f.nullable) for f in schema], metadata=schema.metadata)
+
+
+def _to_storage(array: pa.Array) -> pa.Array:
+    kind = array.type
+    if isinstance(kind, pa.BaseExtensionType):
+        return _to_storage(array.storage)
+    if pa.types.is_fixed_size_list(kind):
+        offsets = pa.array((np.arange(len(array) + 1) * kind.list_size).astype(np.int32))
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        raw = np.asarray(array.offsets, dtype=np.int64)
+        offsets = pa.array((raw - raw[0]).astype(np.int32))
+    else:
+        return array
+    mask = array.is_null() if array.null_count else None
+    return pa.ListArray.from_arrays(offsets, _to_storage(array.flatten()), mask=mask)
+
+
+def _restore(array: pa.Array, logical: pa.DataType) -> pa.Array:
+    if isinstance(logical, pa.BaseExtensionType):
+        return pa.ExtensionArray.from_storage(logical, _restore(array, logical.storage_type))
+    if pa.types.is_fixed_size_list(logical):
+        lengths = np.asarray(pc.list_value_length(array).fill_null(logical.list_size))
+        if (lengths != logical.list_size).any():
+            raise ValueError(f"a stored list has {int(lengths[lengths != logical.list_size][0])} values, "
+                             f"the schema's fixed size is {logical.list_size}")
+        return pa.FixedSizeListArray.from_arrays(_restore(array.flatten(), logical.value_type), logical.list_size)
+    if pa.types.is_list(logical):
+        raw = np.asarray(array.offsets, dtype=np.int64)
+        mask = array.is_null() if array.null_count else None
+        return pa.ListArray.from_arrays(pa.array((raw - raw[0]).astype(np.int32)),
+                                        _restore(array.flatten(), logical.value_type), mask=mask)
+    return array.cast(logical)
+
+
+def to_storage(table: pa.Table) -> pa.Table:
+    """A table of logical types -> the plain-list form that is written."""
+    return pa.table({name: _to_storage(table.column(name).combine_chunks()) for name in table.schema.names},
+                    schema=storage_schema(table.schema))
+
+
+def restore(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A stored table -> the logical types of `schema` (tensors back with their shapes)."""
+    return pa.table({f.name: _restore(table.column(f.name).combine_chunks(), f.type) for f in schema
+                     if f.name in table.schema.names},
+                    schema=pa.schema([f for f in schema if f.name in table.schema.names], metadata=schema.metadata))

@@ -23,7 +23,7 @@ from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
 from etl import storage
-from schemas.tables import PARTITION_COLUMN
+from schemas.tables import PARTITION_COLUMN, storage_schema, to_storage
 
 _STATS_COLUMNS = ("shard", "row", "sample_id")  # min/max for data skipping (shard-range backfills)
 
@@ -75,53 +75,70 @@ class TableDatasink(Datasink[list[dict[str, Any]]]):
         return self._min_rows
 
     def write(self, blocks: Iterable[Block], ctx) -> list[dict[str, Any]]:
-        fs, root = storage.resolve(self.uri, self._filesystem)
-        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
-        tables = [t for t in tables if t.num_rows]
+        tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
         if not tables:
             return []
-        table = conform(pa.concat_tables(tables, promote_options="permissive"), self.schema)
-        table = table.take(pc.sort_indices(table.column(PARTITION_COLUMN)))
-        buckets = table.column(PARTITION_COLUMN).to_numpy()
-        values, starts = np.unique(buckets, return_index=True)
-        stops = list(starts[1:]) + [len(buckets)]
-        written = []
-        for bucket, start, stop in zip(values.tolist(), starts.tolist(), stops):
-            part = table.slice(start, stop - start).drop_columns([PARTITION_COLUMN])
-            path = f"{PARTITION_COLUMN}={bucket}/part-{self.run_id}-{self._write_id}-{ctx.task_idx:05d}.parquet"
-            sink = pa.BufferOutputStream()
-            pq.write_table(part, sink, compression="zstd")
-            data = sink.getvalue()
-            storage.write_file(fs, storage.join(root, path), data)
-            written.append({"path": path, "size": data.size, "bucket": bucket, "rows": part.num_rows,
-                            "stats": _stats(part), "modification_time": int(time.time() * 1000)})
-        return written
+        return write_bucket_files(pa.concat_tables(tables, promote_options="permissive"), self.schema,
+                                  self.uri, f"{self.run_id}-{self._write_id}-{ctx.task_idx:05d}",
+                                  self._filesystem)
 
     def on_write_complete(self, write_result: WriteResult[list[dict[str, Any]]]) -> None:
         self.files = [f for task in write_result.write_returns for f in task]
-        if self.format == "parquet" or not self.files:
-            return
-        from deltalake import DeltaTable, Schema
-        from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
-
-        actions = [AddAction(path=f["path"], size=f["size"], partition_values={PARTITION_COLUMN: str(f["bucket"])},
-                             modification_time=f["modification_time"], data_change=True, stats=f["stats"])
-                   for f in self.files]
-        delta_schema = Schema.from_arrow(self.schema)
-        properties = CommitProperties(custom_metadata={"run_id": self.run_id, "files": len(actions)})
-        if DeltaTable.is_deltatable(self.uri):
-            DeltaTable(self.uri).create_write_transaction(
-                actions, mode="append", schema=delta_schema, partition_by=[PARTITION_COLUMN],
-                commit_properties=properties)
-        else:
-            create_table_with_add_actions(self.uri, delta_schema, actions, mode="append",
-                                          partition_by=[PARTITION_COLUMN], commit_properties=properties)
+        if self.format == "delta":
+            commit_files(self.uri, self.schema, self.files, {"run_id": self.run_id})
 
     def on_write_failed(self, error: Exception) -> None:
         fs, root = storage.resolve(self.uri, self._filesystem)
         try:
             for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
-                if f"-{self._write_id}-" in info.base_name and info.base_name.startswith(f"part-{self.run_id}-"):
+                if info.base_name.startswith(f"part-{self.run_id}-{self._write_id}-"):
                     fs.delete_file(info.path)
         except OSError:
             pass  # uncommitted files are invisible to Delta readers anyway
+
+
+def write_bucket_files(table: pa.Table, schema: pa.Schema, uri: str, tag: str,
+                       filesystem: Optional[pafs.FileSystem] = None) -> list[dict[str, Any]]:
+    """Conform `table` to `schema` and write one Parquet file per bucket it holds, named
+    `bucket=<n>/part-<tag>.parquet`. Returns the files' metadata (what a commit needs)."""
+    fs, root = storage.resolve(uri, filesystem)
+    table = to_storage(conform(table, schema))
+    table = table.take(pc.sort_indices(table.column(PARTITION_COLUMN)))
+    buckets = table.column(PARTITION_COLUMN).to_numpy()
+    values, starts = np.unique(buckets, return_index=True)
+    stops = list(starts[1:]) + [len(buckets)]
+    written = []
+    for bucket, start, stop in zip(values.tolist(), starts.tolist(), stops):
+        part = table.slice(start, stop - start).drop_columns([PARTITION_COLUMN])
+        path = f"{PARTITION_COLUMN}={bucket}/part-{tag}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(part, sink, compression="zstd")
+        data = sink.getvalue()
+        storage.write_file(fs, storage.join(root, path), data)
+        written.append({"path": path, "size": data.size, "bucket": bucket, "rows": part.num_rows,
+                        "stats": _stats(part), "modification_time": int(time.time() * 1000)})
+    return written
+
+
+def commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], metadata: dict[str, Any]) -> Optional[int]:
+    """Add `files` to the Delta table at `uri` (created on first commit) in one transaction.
+    Returns the new table version, or None when there was nothing to commit."""
+    if not files:
+        return None
+    from deltalake import DeltaTable, Schema
+    from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+
+    actions = [AddAction(path=f["path"], size=f["size"], partition_values={PARTITION_COLUMN: str(f["bucket"])},
+                         modification_time=f["modification_time"], data_change=True, stats=f["stats"])
+               for f in files]
+    delta_schema = Schema.from_arrow(storage_schema(schema))
+    properties = CommitProperties(custom_metadata={**metadata, "files": len(actions)})
+    if DeltaTable.is_deltatable(uri):
+        table = DeltaTable(uri)
+        table.create_write_transaction(actions, mode="append", schema=delta_schema,
+                                       partition_by=[PARTITION_COLUMN], commit_properties=properties)
+        table.update_incremental()
+        return table.version()
+    create_table_with_add_actions(uri, delta_schema, actions, mode="append", partition_by=[PARTITION_COLUMN],
+                                  commit_properties=properties)
+    return DeltaTable(uri).version()

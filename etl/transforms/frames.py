@@ -143,8 +143,8 @@ CAPTION_VIEW_TYPE = pa.struct([("height", pa.int32()), ("width", pa.int32()), ("
 
 
 class FrameDecodeStage:
-    """CPU stage. Needs `image_column` (binary or list of binary) and `error_column`; adds
-    `caption_frames`, `crops`, `frame_count`, `frame_sizes`. Rows that arrive with an error are
+    """CPU stage. Needs `image_column` (binary or list of binary) and `error_column`; replaces
+    the image column with `caption_frames`, `crops`, `frame_count`, `frame_sizes`. Rows that arrive with an error are
     passed through untouched; rows that fail here get their reason in `error_column`."""
 
     resources = {"num_cpus": 1, "num_gpus": 0}
@@ -192,6 +192,7 @@ class FrameDecodeStage:
         crops = pa.ListArray.from_arrays(offsets, pa.ExtensionArray.from_storage(crop_type, storage))
         batch = batch.set_column(batch.schema.get_field_index(self.error_column), self.error_column,
                                  pa.array(errors, pa.string()))
+        batch = batch.drop_columns([self.image_column])  # consumed: the encoded bytes go no further
         return (batch.append_column("caption_frames", pa.array(caption_rows, out["caption_frames"]))
                 .append_column("crops", crops)
                 .append_column("frame_count", pa.array(counts, pa.int32()))

@@ -1,0 +1,373 @@
+"""The curation job's Ray Data plan. Nothing else knows the whole graph.
+
+    read_mds -> prepare (ids, buckets) -> decode frames (CPU actors) -> caption (VLM actor)
+      -> encode (embedder + VAE actor) -> write bucket files (workers) ==> driver commits
+
+No repartition or other all-to-all: the driver consumes the file metadata as it streams out of
+the last stage and commits to Delta every `commit_every_files` files, so the first rows are
+committed while later shards are still being read. Rows carry an `error` column from the read
+onwards; a stage skips rows that already have one, and the write stage routes them to
+`quarantine` with the stage and reason.
+"""
+
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl.config import JobConfig
+from etl.sinks.partitioning import buckets_of, derived_sample_ids
+from etl.sinks.table_datasink import commit_files, write_bucket_files
+from etl.transforms.frames import FrameDecodeStage, FrameSpec
+
+ERROR = "error"
+IMAGE_ENCODINGS = ("jpeg", "png", "jpeg_array", "jpegarray", "list[jpeg]", "list[png]")
+TABLES = ("samples", "quarantine", "runs")
+
+
+def choose_image_column(encodings: dict[str, str], requested: Optional[str]) -> str:
+    """The frames column: the one image-encoded column, or the one the user names."""
+    candidates = sorted(name for name, encoding in encodings.items() if encoding in IMAGE_ENCODINGS)
+    if requested is not None:
+        if requested not in encodings:
+            raise ValueError(f"--image-column {requested!r} is not a column; columns: {sorted(encodings)}")
+        if encodings[requested] not in IMAGE_ENCODINGS:
+            raise ValueError(f"--image-column {requested!r} is {encodings[requested]!r}; image columns must be "
+                             f"one of {list(IMAGE_ENCODINGS)}")
+        return requested
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise ValueError(f"no image column: no column is encoded as one of {list(IMAGE_ENCODINGS)}; "
+                         f"columns: {encodings}")
+    raise ValueError(f"several image columns {candidates}: choose one with --image-column")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per-stage resources sized from the cluster, so the plan always fits (2 CPUs included)."""
+
+    read_cpus: float
+    decode_actors: int
+    decode_cpus: float
+    model_cpus: float
+    model_gpus: float
+    write_cpus: float
+
+    @classmethod
+    def for_cluster(cls, cpus: float, gpus: float) -> "Resources":
+        if cpus < 2:
+            raise ValueError(f"the job needs at least 2 CPUs, the cluster has {cpus}")
+        if gpus >= 2:
+            return cls(read_cpus=0.5, decode_actors=max(1, int(cpus) - 3), decode_cpus=1.0, model_cpus=1.0,
+                       model_gpus=1.0, write_cpus=0.5)
+        # CPU only (or one GPU shared by both model actors): keep everything inside `cpus`.
+        model_gpus = 0.5 if gpus >= 1 else 0.0
+        decode_actors = max(1, int(cpus) - 2)
+        return cls(read_cpus=0.25, decode_actors=decode_actors, decode_cpus=min(1.0, (cpus - 1.25) / decode_actors),
+                   model_cpus=0.5, model_gpus=model_gpus, write_cpus=0.25)
+
+
+class Prepare:
+    """sample_id (from --id-column or shard:row), bucket, and the read error as `error`."""
+
+    def __init__(self, id_column: Optional[str], buckets: int):
+        self.id_column, self.buckets = id_column, buckets
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.id_column:
+            ids = pc.cast(batch.column(self.id_column), pa.string())
+            missing = pc.is_null(ids)
+            ids = pc.if_else(missing, derived_sample_ids(batch.column("shard"), batch.column("row")), ids)
+        else:
+            ids = derived_sample_ids(batch.column("shard"), batch.column("row"))
+        read_error = batch.column("mds_error")
+        error = pc.if_else(pc.is_valid(read_error), pc.binary_join_element_wise("read: ", read_error, ""),
+                           pa.nulls(batch.num_rows, pa.string()))
+        batch = batch.drop_columns(["mds_error"])
+        return (batch.append_column("sample_id", ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+                .append_column("bucket", buckets_of(ids, self.buckets))
+                .append_column(ERROR, error))
+
+
+class CaptionStage:
+    """Actor: owns the captioner. Adds caption, quality, aesthetics, caption_parse_error."""
+
+    def __init__(self, config: JobConfig, text_column: Optional[str]):
+        from etl.models.captioner import TransformersCaptioner
+
+        settings = config.models.captioner
+        if settings.backend != "transformers":
+            raise ValueError(f"captioner backend {settings.backend!r} is not wired into the pipeline yet; "
+                             "use 'transformers'")
+        self.captioner = TransformersCaptioner(settings.model, max_new_tokens=settings.max_new_tokens,
+                                               temperature=settings.temperature, seed=settings.seed)
+        self.text_column, self.batch_size = text_column, settings.batch_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from etl.models.captioner import CaptionSample
+
+        errors = batch.column(ERROR).to_pylist()
+        views = batch.column("caption_frames").to_pylist()
+        texts = batch.column(self.text_column).to_pylist() if self.text_column else [None] * batch.num_rows
+        todo = [i for i, e in enumerate(errors) if e is None]
+        samples = [CaptionSample([np.frombuffer(v["pixels"], np.uint8).reshape(v["height"], v["width"], 3)
+                                  for v in views[i]], texts[i]) for i in todo]
+        results = {}
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            for i, result in zip(chunk, self.captioner.caption(samples[start:start + self.batch_size])):
+                results[i] = result
+        column = lambda attr: [getattr(results[i], attr) if i in results else None for i in range(batch.num_rows)]
+        return (batch.drop_columns(["caption_frames"])
+                .append_column("caption", pa.array(column("caption"), pa.string()))
+                .append_column("quality", pa.array(column("quality"), pa.float32()))
+                .append_column("aesthetics", pa.array(column("aesthetics"), pa.float32()))
+                .append_column("caption_parse_error", pa.array(column("parse_error"), pa.string())))
+
+
+class EncodeStage:
+    """Actor: owns the image embedder and the VAE. Adds embedding (pooled per sample),
+    frame_embeddings and latents (per frame) as tensor columns."""
+
+    def __init__(self, config: JobConfig):
+        from etl.models.encoders import ImageEmbedder, LatentEncoder
+
+        models = config.models
+        self.embedder = ImageEmbedder(models.embedder.model, batch_size=models.embedder.batch_size)
+        self.vae = LatentEncoder(models.vae.model, batch_size=models.vae.batch_size)
+        size = config.frames.crop_size
+        self.embedding_type = pa.fixed_shape_tensor(pa.float32(), [self.embedder.dim])
+        self.latent_type = pa.fixed_shape_tensor(pa.float32(), list(self.vae.latent_shape(size, size)))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from etl.models.encoders import pool_per_sample
+
+        crops = batch.column("crops").combine_chunks()
+        counts = np.diff(np.asarray(crops.offsets))
+        frames = crops.flatten().to_numpy_ndarray() if len(crops.flatten()) else \
+            np.zeros((0, 1, 1, 3), np.uint8)
+        embeddings = self.embedder(frames) if len(frames) else np.zeros((0, self.embedder.dim), np.float32)
+        latents = self.vae(frames) if len(frames) else np.zeros((0, *self.latent_type.shape), np.float32)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+        per_frame = lambda values, kind: pa.ListArray.from_arrays(
+            offsets, pa.ExtensionArray.from_storage(kind, pa.FixedSizeListArray.from_arrays(
+                pa.array(values.reshape(-1)), int(np.prod(kind.shape)))))
+        pooled = pool_per_sample(embeddings, counts)
+        pooled = pa.ExtensionArray.from_storage(self.embedding_type, pa.FixedSizeListArray.from_arrays(
+            pa.array(pooled.reshape(-1)), self.embedder.dim))
+        return (batch.drop_columns(["crops"])
+                .append_column("embedding", pooled)
+                .append_column("frame_embeddings", per_frame(embeddings, self.embedding_type))
+                .append_column("latents", per_frame(latents, self.latent_type)))
+
+
+class WriteStage:
+    """Splits rows into samples and quarantine, writes their bucket files, returns file rows."""
+
+    def __init__(self, output: str, schemas: dict, run_id: str, model_names: dict[str, str]):
+        self.output, self.schemas, self.run_id, self.model_names = output, schemas, run_id, model_names
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from etl import storage
+
+        failed = pc.is_valid(batch.column(ERROR))
+        tag = f"{self.run_id}-{uuid.uuid4().hex[:12]}"
+        run = lambda n: pa.array([self.run_id] * n, pa.string())
+        files = []
+        good = batch.filter(pc.invert(failed))
+        if good.num_rows:
+            for name, model in self.model_names.items():
+                good = good.append_column(name, pa.array([model] * good.num_rows, pa.string()))
+            good = good.append_column("run_id", run(good.num_rows))
+            good = good.select(self.schemas["samples"].names)
+            files += [dict(f, table="samples") for f in write_bucket_files(
+                good, self.schemas["samples"], storage.join(self.output, "samples"), tag)]
+        bad = batch.filter(failed)
+        if bad.num_rows:
+            reasons = bad.column(ERROR).to_pylist()
+            stages = [reason.split(":", 1)[0] for reason in reasons]
+            classes = [error_class(reason) for reason in reasons]
+            quarantine = pa.table({
+                "sample_id": bad.column("sample_id"), "shard": bad.column("shard"), "row": bad.column("row"),
+                "bucket": bad.column("bucket"), "stage": pa.array(stages), "error_class": pa.array(classes),
+                "error": bad.column(ERROR), "run_id": run(bad.num_rows)})
+            files += [dict(f, table="quarantine") for f in write_bucket_files(
+                quarantine, self.schemas["quarantine"], storage.join(self.output, "quarantine"), tag)]
+        shards: dict = {}
+        for shard, is_bad in zip(batch.column("shard").to_pylist(), failed.to_pylist()):
+            shards.setdefault(shard, [0, 0])[int(is_bad)] += 1
+        reasons: dict = {}
+        for reason in (bad.column(ERROR).to_pylist() if bad.num_rows else []):
+            key = f"{reason.split(':', 1)[0]}: {error_class(reason)}"
+            reasons[key] = reasons.get(key, 0) + 1
+        return pa.table({"table": [f["table"] for f in files] + ["counts"],
+                         "file": [json.dumps(f) for f in files] + [json.dumps({"shards": shards, "reasons": reasons})]})
+
+
+def error_class(reason: str) -> str:
+    """The kind of failure, for grouping: `decode: frame 2: not a decodable image (...)` ->
+    `not a decodable image`; `read: unreadable shard: <file>: ...` -> `unreadable shard`."""
+    detail = reason.split(": ", 1)[1] if ": " in reason else reason
+    detail = re.sub(r"^(frame \d+|column '[^']*'): ", "", detail)
+    return re.split(r" \(|: ", detail, maxsplit=1)[0][:120]
+
+
+def _absolute_model_paths(config: JobConfig) -> JobConfig:
+    """Workers do not share the driver's working directory: ship absolute local paths."""
+    models = config.models
+    fix = lambda path: path if "://" in path else str(Path(path).resolve())
+    return config.model_copy(update={"models": models.model_copy(update={
+        "captioner": models.captioner.model_copy(update={"model": fix(models.captioner.model)}),
+        "embedder": models.embedder.model_copy(update={"model": fix(models.embedder.model)}),
+        "vae": models.vae.model_copy(update={"model": fix(models.vae.model)}),
+    })})
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    output: str
+    rows: dict[str, int] = field(default_factory=dict)
+    commits: dict[str, int] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)
+    per_shard: dict[int, tuple[int, int]] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    first_commit_seconds: Optional[float] = None
+    stage_stats: str = ""
+
+
+def _parquet_bytes(table: pa.Table, pq) -> pa.Buffer:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def run(config: JobConfig) -> RunSummary:
+    """Run the curation job described by `config` on the current Ray cluster."""
+    import ray
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    from etl import storage
+    from etl.mds import load_index
+    from etl.models.tiny import ensure_tiny_models
+    from etl.sources.mds_datasource import MDSDatasource
+    from schemas.tables import quarantine_schema, runs_schema, samples_schema
+
+    started = time.perf_counter()
+    config = _absolute_model_paths(config)
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    if config.models.build_tiny_if_missing:
+        # the tiny checkpoints live where the config points: models/tiny/<name>
+        roots = {str(Path(m).parent) for m in (config.models.captioner.model, config.models.embedder.model,
+                                               config.models.vae.model)}
+        for root in roots:
+            ensure_tiny_models(root)
+
+    fs, root = storage.resolve(config.input)
+    entries = load_index(fs, root)
+    encodings = dict(zip(entries[0].column_names, entries[0].column_encodings)) if entries else {}
+    image_column = choose_image_column(encodings, config.read.image_column)
+    columns = [c for c in (image_column, config.read.text_column, config.read.id_column) if c]
+    cluster = ray.cluster_resources()
+    resources = Resources.for_cluster(cluster.get("CPU", 0), cluster.get("GPU", 0))
+
+    from etl.models.encoders import ImageEmbedder, LatentEncoder
+
+    probe_embedder = ImageEmbedder(config.models.embedder.model)
+    probe_vae = LatentEncoder(config.models.vae.model)
+    crop = config.frames.crop_size
+    schemas = {"samples": samples_schema(probe_embedder.dim, probe_vae.latent_shape(crop, crop)),
+               "quarantine": quarantine_schema(), "runs": runs_schema()}
+    del probe_embedder, probe_vae
+
+    spec = FrameSpec(min_pixels=config.frames.min_pixels, max_pixels=config.frames.max_pixels,
+                     crop_size=crop, max_image_pixels=config.frames.max_image_pixels,
+                     use_draft=config.frames.use_draft)
+    source = MDSDatasource(config.input, shards=config.read.shards, columns=columns,
+                           verify_hashes=config.read.verify_hashes, shards_per_task=config.read.shards_per_task,
+                           on_bad_shard="quarantine", max_image_pixels=config.frames.max_image_pixels)
+    decode_rows = max(1, (64 << 20) // (config.frames.max_frames * FrameDecodeStage.pixel_bytes_per_frame(spec)))
+    dataset = (
+        ray.data.read_datasource(source, num_cpus=resources.read_cpus)
+        .map_batches(Prepare(config.read.id_column, config.sink.buckets), batch_format="pyarrow",
+                     num_cpus=resources.read_cpus)
+        .map_batches(FrameDecodeStage, fn_constructor_args=(image_column, spec, ERROR), batch_format="pyarrow",
+                     batch_size=decode_rows, num_cpus=resources.decode_cpus,
+                     compute=ActorPoolStrategy(size=resources.decode_actors))
+        .map_batches(CaptionStage, fn_constructor_args=(config, config.read.text_column), batch_format="pyarrow",
+                     batch_size=config.models.captioner.batch_size * 4, num_cpus=resources.model_cpus,
+                     num_gpus=resources.model_gpus, compute=ActorPoolStrategy(size=1))
+        .map_batches(EncodeStage, fn_constructor_args=(config,), batch_format="pyarrow",
+                     batch_size=config.models.embedder.batch_size, num_cpus=resources.model_cpus,
+                     num_gpus=resources.model_gpus, compute=ActorPoolStrategy(size=1))
+        .map_batches(WriteStage(config.output, schemas, run_id, {
+                        "captioner": config.models.captioner.model, "embedder": config.models.embedder.model,
+                        "vae": config.models.vae.model}),
+                     batch_format="pyarrow", batch_size=config.sink.rows_per_write, num_cpus=resources.write_cpus)
+    )
+
+    summary = RunSummary(run_id, config.output)
+    pending: dict[str, list] = {"samples": [], "quarantine": []}
+    per_shard: dict[int, list[int]] = {}
+
+    def commit(final: bool = False) -> None:
+        for name, files in pending.items():
+            if files and (final or len(files) >= config.sink.commit_every_files):
+                if config.sink.format == "delta":
+                    commit_files(storage.join(config.output, name), schemas[name], files, {"run_id": run_id})
+                summary.commits[name] = summary.commits.get(name, 0) + 1
+                summary.files[name] = summary.files.get(name, 0) + len(files)
+                summary.rows[name] = summary.rows.get(name, 0) + sum(f["rows"] for f in files)
+                if summary.first_commit_seconds is None:
+                    summary.first_commit_seconds = time.perf_counter() - started
+                pending[name] = []
+
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        for table, payload in zip(batch.column("table").to_pylist(), batch.column("file").to_pylist()):
+            if table == "counts":
+                counts = json.loads(payload)
+                for shard, (good, bad) in counts["shards"].items():
+                    totals = per_shard.setdefault(int(shard), [0, 0])
+                    totals[0] += good
+                    totals[1] += bad
+                for reason, count in counts["reasons"].items():
+                    summary.reasons[reason] = summary.reasons.get(reason, 0) + count
+            else:
+                pending[table].append(json.loads(payload))
+                commit()  # per file: Ray may hand several write outputs over in one batch
+    commit(final=True)
+
+    # The ledger: every shard of this run, with its counts, appended in one commit.
+    from deltalake import write_deltalake
+
+    now = pa.scalar(int(time.time() * 1e6), pa.timestamp("us", tz="UTC"))
+    shards = sorted(per_shard)
+    ledger = pa.table({
+        "run_id": [run_id] * len(shards), "shard": pa.array(shards, pa.int64()),
+        "samples": pa.array([per_shard[s][0] for s in shards], pa.int64()),
+        "quarantined": pa.array([per_shard[s][1] for s in shards], pa.int64()),
+        "committed_at": pa.array([now.value] * len(shards), pa.timestamp("us", tz="UTC")),
+        "config": [config.model_dump_json()] * len(shards),
+    }, schema=schemas["runs"])
+    if config.sink.format == "delta":
+        write_deltalake(storage.join(config.output, "runs"), ledger, mode="append")
+    else:
+        import pyarrow.parquet as pq
+
+        storage.write_file(*storage.resolve(storage.join(config.output, "runs", f"run-{run_id}.parquet")),
+                           _parquet_bytes(ledger, pq))
+    summary.per_shard = {s: tuple(v) for s, v in per_shard.items()}
+    summary.seconds = time.perf_counter() - started
+    summary.stage_stats = dataset.stats()
+    return summary
+
