@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m jobs.mds_demo
+	$(PY) -m jobs.demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_mds_read.py

@@ -75,26 +75,33 @@ class Resources:
                    model_cpus=0.5, model_gpus=model_gpus, write_cpus=0.25)
 
 
-class Prepare:
-    """sample_id (from --id-column or shard:row), bucket, and the read error as `error`."""
+FRAMES, TEXT = "_frames", "_text"  # internal names: no input column can collide with an output
 
-    def __init__(self, id_column: Optional[str], buckets: int):
+
+class Prepare:
+    """sample_id (from the id column or shard:row), bucket, the read error as `error`, and the
+    input columns renamed to internal names; nothing else goes downstream."""
+
+    def __init__(self, image_column: str, text_column: Optional[str], id_column: Optional[str], buckets: int):
+        self.image_column, self.text_column = image_column, text_column
         self.id_column, self.buckets = id_column, buckets
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        derived = derived_sample_ids(batch.column("shard"), batch.column("row"))
         if self.id_column:
-            ids = pc.cast(batch.column(self.id_column), pa.string())
-            missing = pc.is_null(ids)
-            ids = pc.if_else(missing, derived_sample_ids(batch.column("shard"), batch.column("row")), ids)
+            given = pc.cast(batch.column(self.id_column), pa.string())
+            ids = pc.if_else(pc.is_null(given), derived, given)
         else:
-            ids = derived_sample_ids(batch.column("shard"), batch.column("row"))
+            ids = derived
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
         read_error = batch.column("mds_error")
         error = pc.if_else(pc.is_valid(read_error), pc.binary_join_element_wise("read: ", read_error, ""),
                            pa.nulls(batch.num_rows, pa.string()))
-        batch = batch.drop_columns(["mds_error"])
-        return (batch.append_column("sample_id", ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
-                .append_column("bucket", buckets_of(ids, self.buckets))
-                .append_column(ERROR, error))
+        columns = {"shard": batch.column("shard"), "row": batch.column("row"), "sample_id": ids,
+                   "bucket": buckets_of(ids, self.buckets), ERROR: error, FRAMES: batch.column(self.image_column)}
+        if self.text_column:
+            columns[TEXT] = batch.column(self.text_column)
+        return pa.table(columns)
 
 
 class CaptionStage:
@@ -126,7 +133,8 @@ class CaptionStage:
             for i, result in zip(chunk, self.captioner.caption(samples[start:start + self.batch_size])):
                 results[i] = result
         column = lambda attr: [getattr(results[i], attr) if i in results else None for i in range(batch.num_rows)]
-        return (batch.drop_columns(["caption_frames"])
+        consumed = ["caption_frames"] + ([self.text_column] if self.text_column else [])
+        return (batch.drop_columns(consumed)
                 .append_column("caption", pa.array(column("caption"), pa.string()))
                 .append_column("quality", pa.array(column("quality"), pa.float32()))
                 .append_column("aesthetics", pa.array(column("aesthetics"), pa.float32()))
@@ -299,12 +307,14 @@ def run(config: JobConfig) -> RunSummary:
     decode_rows = max(1, (64 << 20) // (config.frames.max_frames * FrameDecodeStage.pixel_bytes_per_frame(spec)))
     dataset = (
         ray.data.read_datasource(source, num_cpus=resources.read_cpus)
-        .map_batches(Prepare(config.read.id_column, config.sink.buckets), batch_format="pyarrow",
+        .map_batches(Prepare(image_column, config.read.text_column, config.read.id_column, config.sink.buckets),
+                     batch_format="pyarrow",
                      num_cpus=resources.read_cpus)
-        .map_batches(FrameDecodeStage, fn_constructor_args=(image_column, spec, ERROR), batch_format="pyarrow",
+        .map_batches(FrameDecodeStage, fn_constructor_args=(FRAMES, spec, ERROR), batch_format="pyarrow",
                      batch_size=decode_rows, num_cpus=resources.decode_cpus,
                      compute=ActorPoolStrategy(size=resources.decode_actors))
-        .map_batches(CaptionStage, fn_constructor_args=(config, config.read.text_column), batch_format="pyarrow",
+        .map_batches(CaptionStage, fn_constructor_args=(config, TEXT if config.read.text_column else None),
+                     batch_format="pyarrow",
                      batch_size=config.models.captioner.batch_size * 4, num_cpus=resources.model_cpus,
                      num_gpus=resources.model_gpus, compute=ActorPoolStrategy(size=1))
         .map_batches(EncodeStage, fn_constructor_args=(config,), batch_format="pyarrow",

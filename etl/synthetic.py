@@ -33,3 +33,10 @@ def samples(count: int, *, width: int = 320, height: int = 180, min_frames: int 
         if corrupt_every and i % corrupt_every == corrupt_every - 1:
             frames[0] = frames[0][: len(frames[0]) // 3]  # truncated JPEG
         yield {"id": i, "caption": f"synthetic clip {i}", "frames": frames}
+
+
+def claim_jpeg_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """Rewrite the SOF0 frame header of a baseline JPEG to claim another size: a decompression
+    bomb's header on a small file."""
+    at = jpeg.index(b"\xff\xc0")
+    return jpeg[: at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + jpeg[at + 9:]

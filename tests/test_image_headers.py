@@ -6,18 +6,13 @@ import pytest
 from PIL import Image
 
 from etl.image_headers import image_limit_problems, image_sizes
+from etl.synthetic import claim_jpeg_size
 
 
 def _encode(size, fmt, **kwargs):
     out = io.BytesIO()
     Image.new("RGB", size).save(out, format=fmt, **kwargs)
     return out.getvalue()
-
-
-def claim_jpeg_size(jpeg: bytes, width: int, height: int) -> bytes:
-    """Rewrite the SOF0 frame header of a baseline JPEG to claim another size."""
-    at = jpeg.index(b"\xff\xc0")
-    return jpeg[: at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + jpeg[at + 9:]
 
 
 @pytest.mark.parametrize("fmt, kwargs", [("JPEG", {}), ("JPEG", {"progressive": True}),

@@ -151,6 +151,7 @@ class FrameDecodeStage:
 
     def __init__(self, image_column: str, spec: FrameSpec = FrameSpec(), error_column: str = "error"):
         self.image_column, self.spec, self.error_column = image_column, spec, error_column
+        _caption_size(64, 64, spec)  # setup: import transformers' smart_resize now, not in a batch
 
     @property
     def outputs(self) -> dict[str, pa.DataType]:

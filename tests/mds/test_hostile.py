@@ -220,7 +220,7 @@ def test_image_bombs_pass_as_bytes_or_become_error_rows_with_a_pixel_limit(tmp_p
     import struct
     import zlib
 
-    from tests.test_image_headers import claim_jpeg_size
+    from etl.synthetic import claim_jpeg_size
 
     ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
     chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))

@@ -93,7 +93,7 @@ def test_truncated_jpeg_and_bomb_and_empty_sample():
     good = jpeg_frames(1, 320, 180)[0]
     with pytest.raises(FrameError, match=r"frame 1: cannot decode \(OSError"):
         decode_sample([good, good[: len(good) // 3]], SPEC)
-    from tests.test_image_headers import claim_jpeg_size
+    from etl.synthetic import claim_jpeg_size
 
     with pytest.raises(FrameError, match=r"frame 0: image claims 10000x6000 pixels, over max_image_pixels=50000000"):
         decode_sample([claim_jpeg_size(good, 10000, 6000)], SPEC)
