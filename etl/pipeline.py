@@ -108,14 +108,14 @@ class CaptionStage:
     """Actor: owns the captioner. Adds caption, quality, aesthetics, caption_parse_error."""
 
     def __init__(self, config: JobConfig, text_column: Optional[str]):
-        from etl.models.captioner import TransformersCaptioner
+        from etl.models.captioner import CAPTIONERS
 
         settings = config.models.captioner
-        if settings.backend != "transformers":
-            raise ValueError(f"captioner backend {settings.backend!r} is not wired into the pipeline yet; "
-                             "use 'transformers'")
-        self.captioner = TransformersCaptioner(settings.model, max_new_tokens=settings.max_new_tokens,
-                                               temperature=settings.temperature, seed=settings.seed)
+        extra = {"max_model_len": settings.max_model_len, "max_frames": config.frames.max_frames} \
+            if settings.backend == "vllm" else {}
+        self.captioner = CAPTIONERS[settings.backend](
+            settings.model, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+            seed=settings.seed, **extra)
         self.text_column, self.batch_size = text_column, settings.batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:

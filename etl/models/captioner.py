@@ -141,3 +141,58 @@ class TransformersCaptioner:
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
         answers = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         return [parse_answer(answer) for answer in answers]
+
+
+# --- vLLM (production) -----------------------------------------------------------------------
+# An actor owning `vllm.LLM` (rather than ray.data.llm) keeps one interface for both backends:
+# the pipeline's CaptionStage calls `caption(samples)` on either. Everything that does not need
+# a GPU (prompts, requests, sampling parameters, parsing) is plain code tested on CPU.
+
+
+def vllm_requests(processor, samples: Sequence[CaptionSample]) -> list[dict]:
+    """vLLM offline requests: the chat-templated prompt (system prompt first, so every request
+    shares a cacheable prefix) and the sample's frames as images, in order."""
+    from PIL import Image
+
+    return [{"prompt": processor.apply_chat_template(build_messages(len(s.frames), s.context),
+                                                     add_generation_prompt=True, tokenize=False),
+             "multi_modal_data": {"image": [Image.fromarray(frame) for frame in s.frames]}}
+            for s in samples]
+
+
+def vllm_sampling_kwargs(max_new_tokens: int, temperature: float, seed: int) -> dict:
+    """Keyword arguments of `vllm.SamplingParams`; the answer is constrained to CAPTION_SCHEMA."""
+    return {"max_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+            "structured_outputs": {"json": CAPTION_SCHEMA}}
+
+
+class VLLMCaptioner:
+    """Qwen3-VL through an in-process `vllm.LLM` (one engine per actor, i.e. per GPU)."""
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, *, max_new_tokens: int = 128, temperature: float = 0.0,
+                 seed: int = 0, max_model_len: int = 8192, max_frames: int = 10,
+                 gpu_memory_utilization: float = 0.85):
+        from transformers import AutoProcessor
+        from vllm import LLM, SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        self.processor = AutoProcessor.from_pretrained(model_path)
+        image_processor = self.processor.image_processor
+        self.frame_factor = image_processor.patch_size * image_processor.merge_size
+        self.llm = LLM(model=model_path, max_model_len=max_model_len, seed=seed, enable_prefix_caching=True,
+                       limit_mm_per_prompt={"image": max_frames, "video": 0},
+                       gpu_memory_utilization=gpu_memory_utilization)
+        kwargs = vllm_sampling_kwargs(max_new_tokens, temperature, seed)
+        kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
+        self.sampling = SamplingParams(**kwargs)
+
+    def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
+        if not samples:
+            return []
+        outputs = self.llm.generate(vllm_requests(self.processor, samples), self.sampling, use_tqdm=False)
+        return [parse_answer(output.outputs[0].text) for output in outputs]
+
+
+CAPTIONERS = {"transformers": TransformersCaptioner, "vllm": VLLMCaptioner}

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from etl.models.captioner import (
@@ -59,3 +60,31 @@ def test_tiny_qwen3_vl_captions_multi_frame_samples_repeatably(captioner):
     # random weights write junk: it must be marked unparsable, with no scores made up
     assert all(r.parse_error and r.quality is None and r.aesthetics is None for r in first)
     assert model.caption([]) == []
+
+
+def test_vllm_requests_share_the_system_prefix_and_carry_every_frame(captioner):
+    from etl.models.captioner import vllm_requests, vllm_sampling_kwargs
+
+    model, _ = captioner
+    frames = [np.zeros((64, 96, 3), np.uint8)] * 3
+    requests = vllm_requests(model.processor, [CaptionSample(frames, "beach"), CaptionSample(frames[:1])])
+    prompts = [r["prompt"] for r in requests]
+    assert [len(r["multi_modal_data"]["image"]) for r in requests] == [3, 1]
+    assert [p.count("<|image_pad|>") for p in prompts] == [3, 1]
+    prefix = prompts[0][: prompts[0].index("<|im_start|>user")]
+    assert SYSTEM_PROMPT in prefix and prompts[1].startswith(prefix)  # one cached prefix for all
+    assert requests[0]["multi_modal_data"]["image"][0].size == (96, 64)
+    kwargs = vllm_sampling_kwargs(64, 0.0, 3)
+    assert kwargs["structured_outputs"] == {"json": CAPTION_SCHEMA}
+    assert (kwargs["max_tokens"], kwargs["temperature"], kwargs["seed"]) == (64, 0.0, 3)
+
+
+def test_the_vllm_backend_is_importable_and_reports_what_it_needs():
+    from etl.models.captioner import CAPTIONERS, VLLMCaptioner
+
+    assert CAPTIONERS["vllm"] is VLLMCaptioner
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError):
+            VLLMCaptioner("unused")
