@@ -28,7 +28,7 @@ from etl.sinks.table_datasink import commit_files, write_bucket_files
 from etl.transforms.frames import FrameDecodeStage, FrameSpec
 
 ERROR = "error"
-IMAGE_ENCODINGS = ("jpeg", "png", "jpeg_array", "jpegarray", "list[jpeg]", "list[png]")
+IMAGE_ENCODINGS = ("jpeg", "png", "pil", "jpeg_array", "jpegarray", "list[jpeg]", "list[png]", "list[pil]")
 TABLES = ("samples", "quarantine", "runs")
 
 

@@ -137,3 +137,25 @@ def test_two_runs_with_the_same_seed_give_the_same_captions(two_runs):
     captions = [{r["sample_id"]: r["caption"] for r in _table(out, "samples").to_pylist()} for out in (first, second)]
     assert captions[0] == captions[1] and len(captions[0]) == 22
     assert summaries[0].run_id != summaries[1].run_id
+
+
+def test_embeddings_and_latents_reach_torch_as_tensors(two_runs):
+    import ray.data
+    import torch
+    from deltalake import DeltaTable
+
+    (output, _), _ = two_runs
+    schema = samples_schema(16, (4, 8, 8))
+    files = DeltaTable(str(output / "samples")).file_uris()  # the committed snapshot
+    stored = ray.data.read_parquet(files, columns=["sample_id", "embedding", "latents"])
+    logical = stored.map_batches(lambda t: restore(t, schema), batch_format="pyarrow")
+    batch = next(iter(logical.select_columns(["embedding"]).iter_torch_batches(batch_size=8)))
+    assert batch["embedding"].dtype == torch.float32 and batch["embedding"].shape == (8, 16)
+
+    def one_row_per_frame(table):  # Arrow-level flatten, no per-row Python
+        latents = table.column("latents").combine_chunks()
+        return pa.table({"latent": latents.flatten()})
+
+    frames = logical.map_batches(one_row_per_frame, batch_format="pyarrow")
+    latent_batch = next(iter(frames.iter_torch_batches(batch_size=16)))
+    assert latent_batch["latent"].shape == (16, 4, 8, 8)

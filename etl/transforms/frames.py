@@ -83,12 +83,24 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-def decode_frame(data: bytes, spec: FrameSpec) -> Frame:
-    """One encoded image -> its two views. Raises FrameError with the reason."""
+def _open(data):
+    """An encoded image file, or a `pil` cell from read_mds (raw pixels + header)."""
+    from PIL import Image
+
+    if isinstance(data, dict):
+        width, height = data["width"], data["height"]
+        if width * height == 0:
+            raise ValueError(f"empty {width}x{height} image")
+        return Image.frombytes(data["mode"], (width, height), data["data"])
+    return Image.open(io.BytesIO(data))
+
+
+def decode_frame(data, spec: FrameSpec) -> Frame:
+    """One encoded image (file bytes, or a `pil` struct) -> its two views. Raises FrameError."""
     from PIL import Image, ImageOps
 
     try:
-        image = Image.open(io.BytesIO(data))
+        image = _open(data)
     except Image.DecompressionBombError as exc:
         raise FrameError(f"decompression bomb: {exc}") from None
     except Exception as exc:  # PIL raises many types for garbage

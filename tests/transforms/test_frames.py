@@ -126,3 +126,30 @@ def test_stage_adds_views_and_turns_failures_into_error_values():
 def test_spec_is_validated():
     with pytest.raises(ValueError, match="min_pixels <= max_pixels"):
         FrameSpec(min_pixels=10, max_pixels=5)
+
+
+def test_pil_cells_from_read_mds_decode_like_files():
+    image = _quadrants().convert("RGBA")
+    cell = {"width": image.width, "height": image.height, "mode": image.mode, "data": image.tobytes()}
+    from_cell = decode_frame(cell, SPEC)
+    from_file = decode_frame(_encode(image), SPEC)
+    np.testing.assert_array_equal(from_cell.caption_view, from_file.caption_view)
+    with pytest.raises(FrameError, match="not a decodable image"):
+        decode_frame(dict(cell, data=cell["data"][:10]), SPEC)
+    stage = FrameDecodeStage("frames", SPEC)
+    out = stage(pa.table({"frames": pa.array([[cell, cell]]), "error": pa.array([None], pa.string())}))
+    assert out.column("frame_count").to_pylist() == [2] and out.column("error").to_pylist() == [None]
+
+
+def test_the_pipeline_finds_the_frames_column_from_the_encodings():
+    from etl.pipeline import choose_image_column
+
+    assert choose_image_column({"id": "int", "frames": "jpeg_array"}, None) == "frames"
+    assert choose_image_column({"id": "int", "still": "pil"}, None) == "still"
+    with pytest.raises(ValueError, match=r"several image columns \['a', 'b'\]: choose one with --image-column"):
+        choose_image_column({"a": "jpeg", "b": "list[png]"}, None)
+    assert choose_image_column({"a": "jpeg", "b": "list[png]"}, "b") == "b"
+    with pytest.raises(ValueError, match=r"'id' is 'int'; image columns must be one of"):
+        choose_image_column({"id": "int", "a": "jpeg"}, "id")
+    with pytest.raises(ValueError, match="no image column"):
+        choose_image_column({"id": "int"}, None)
