@@ -78,6 +78,23 @@ class Resources:
 FRAMES, TEXT = "_frames", "_text"  # internal names: no input column can collide with an output
 
 
+_HEADROOM_BYTES = 1 << 30  # interpreter, torch/transformers, activations of a batch
+
+
+def model_memory_bytes(*paths: str) -> int:
+    """Host memory an actor needs to load these checkpoints: their weight files, plus headroom.
+    Remote URIs (not on this disk) count only the headroom; the planner sizes real clusters."""
+    total = 0
+    for path in paths:
+        root = Path(path)
+        if root.is_dir():
+            total += sum(f.stat().st_size for f in root.rglob("*") if f.suffix in (".safetensors", ".bin", ".pt"))
+    return total + _HEADROOM_BYTES
+
+
+_DECODE_BUDGET_BYTES = 64 << 20  # decoded pixels per decode batch
+
+
 class Prepare:
     """sample_id (from the id column or shard:row), bucket, the read error as `error`, and the
     input columns renamed to internal names; nothing else goes downstream."""
@@ -304,7 +321,8 @@ def run(config: JobConfig) -> RunSummary:
     source = MDSDatasource(config.input, shards=config.read.shards, columns=columns,
                            verify_hashes=config.read.verify_hashes, shards_per_task=config.read.shards_per_task,
                            on_bad_shard="quarantine", max_image_pixels=config.frames.max_image_pixels)
-    decode_rows = max(1, (64 << 20) // (config.frames.max_frames * FrameDecodeStage.pixel_bytes_per_frame(spec)))
+    decode_rows = max(1, _DECODE_BUDGET_BYTES // (config.frames.max_frames * FrameDecodeStage.pixel_bytes_per_frame(spec)))
+    models = config.models
     dataset = (
         ray.data.read_datasource(source, num_cpus=resources.read_cpus)
         .map_batches(Prepare(image_column, config.read.text_column, config.read.id_column, config.sink.buckets),
@@ -312,14 +330,17 @@ def run(config: JobConfig) -> RunSummary:
                      num_cpus=resources.read_cpus)
         .map_batches(FrameDecodeStage, fn_constructor_args=(FRAMES, spec, ERROR), batch_format="pyarrow",
                      batch_size=decode_rows, num_cpus=resources.decode_cpus,
+                     memory=3 * _DECODE_BUDGET_BYTES + (256 << 20),  # input block + views + output
                      compute=ActorPoolStrategy(size=resources.decode_actors))
         .map_batches(CaptionStage, fn_constructor_args=(config, TEXT if config.read.text_column else None),
                      batch_format="pyarrow",
                      batch_size=config.models.captioner.batch_size * 4, num_cpus=resources.model_cpus,
-                     num_gpus=resources.model_gpus, compute=ActorPoolStrategy(size=1))
+                     num_gpus=resources.model_gpus, memory=model_memory_bytes(models.captioner.model),
+                     compute=ActorPoolStrategy(size=1))
         .map_batches(EncodeStage, fn_constructor_args=(config,), batch_format="pyarrow",
                      batch_size=config.models.embedder.batch_size, num_cpus=resources.model_cpus,
-                     num_gpus=resources.model_gpus, compute=ActorPoolStrategy(size=1))
+                     num_gpus=resources.model_gpus, memory=model_memory_bytes(models.embedder.model, models.vae.model),
+                     compute=ActorPoolStrategy(size=1))
         .map_batches(WriteStage(config.output, schemas, run_id, {
                         "captioner": config.models.captioner.model, "embedder": config.models.embedder.model,
                         "vae": config.models.vae.model}),

@@ -159,3 +159,17 @@ def test_embeddings_and_latents_reach_torch_as_tensors(two_runs):
     frames = logical.map_batches(one_row_per_frame, batch_format="pyarrow")
     latent_batch = next(iter(frames.iter_torch_batches(batch_size=16)))
     assert latent_batch["latent"].shape == (16, 4, 8, 8)
+
+
+def test_model_stages_declare_memory_from_their_checkpoints(tiny, tmp_path):
+    from etl.pipeline import Resources, model_memory_bytes
+
+    weights = sum(f.stat().st_size for f in tiny["qwen3_vl"].rglob("*.safetensors"))
+    assert weights > 0
+    assert model_memory_bytes(str(tiny["qwen3_vl"])) == weights + (1 << 30)
+    assert model_memory_bytes("s3://bucket/model") == 1 << 30  # remote: headroom only
+    two_cpus = Resources.for_cluster(2, 0)
+    actors = two_cpus.decode_actors * two_cpus.decode_cpus + 2 * two_cpus.model_cpus
+    assert actors + two_cpus.read_cpus <= 2  # the plan fits the CI machine
+    with pytest.raises(ValueError, match="at least 2 CPUs"):
+        Resources.for_cluster(1, 0)
