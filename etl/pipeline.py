@@ -226,9 +226,10 @@ class WriteStage:
                 "error": bad.column(ERROR), "run_id": run(bad.num_rows)})
             files += [dict(f, table="quarantine") for f in write_bucket_files(
                 quarantine, self.schemas["quarantine"], storage.join(self.output, "quarantine"), tag)]
-        shards: dict = {}
-        for shard, is_bad in zip(batch.column("shard").to_pylist(), failed.to_pylist()):
-            shards.setdefault(shard, [0, 0])[int(is_bad)] += 1
+        per_shard = pa.table({"shard": batch.column("shard"), "bad": pc.cast(failed, pa.int64())}) \
+            .group_by("shard").aggregate([("bad", "sum"), ("bad", "count")]).to_pydict()
+        shards = {shard: [count - bad, bad] for shard, bad, count in
+                  zip(per_shard["shard"], per_shard["bad_sum"], per_shard["bad_count"])}
         reasons: dict = {}
         for reason in (bad.column(ERROR).to_pylist() if bad.num_rows else []):
             key = f"{reason.split(':', 1)[0]}: {error_class(reason)}"
