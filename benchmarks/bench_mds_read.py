@@ -126,7 +126,6 @@ def read_streaming_dataset(path: Path, limit: int, num_workers: int = 0):
 
 
 def read_with_ray(path: Path):
-    import ray
 
     import etl
 

@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,6 @@ from etl.transforms.frames import FrameDecodeStage, FrameSpec
 
 ERROR = "error"
 IMAGE_ENCODINGS = ("jpeg", "png", "pil", "jpeg_array", "jpegarray", "list[jpeg]", "list[png]", "list[pil]")
-TABLES = ("samples", "quarantine", "runs")
 
 
 def choose_image_column(encodings: dict[str, str], requested: Optional[str]) -> str:
@@ -177,8 +176,8 @@ class EncodeStage:
 
         crops = batch.column("crops").combine_chunks()
         counts = np.diff(np.asarray(crops.offsets))
-        frames = crops.flatten().to_numpy_ndarray() if len(crops.flatten()) else \
-            np.zeros((0, 1, 1, 3), np.uint8)
+        flat = crops.flatten()
+        frames = flat.to_numpy_ndarray() if len(flat) else np.zeros((0, 1, 1, 3), np.uint8)
         embeddings = self.embedder(frames) if len(frames) else np.zeros((0, self.embedder.dim), np.float32)
         latents = self.vae(frames) if len(frames) else np.zeros((0, *self.latent_type.shape), np.float32)
         offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
@@ -307,14 +306,12 @@ def run(config: JobConfig) -> RunSummary:
     cluster = ray.cluster_resources()
     resources = Resources.for_cluster(cluster.get("CPU", 0), cluster.get("GPU", 0))
 
-    from etl.models.encoders import ImageEmbedder, LatentEncoder
+    from etl.models.encoders import embedding_dim, latent_shape
 
-    probe_embedder = ImageEmbedder(config.models.embedder.model)
-    probe_vae = LatentEncoder(config.models.vae.model)
-    crop = config.frames.crop_size
-    schemas = {"samples": samples_schema(probe_embedder.dim, probe_vae.latent_shape(crop, crop)),
+    crop = config.frames.crop_size  # output shapes from the checkpoints' configs: no weights on the driver
+    schemas = {"samples": samples_schema(embedding_dim(config.models.embedder.model),
+                                         latent_shape(config.models.vae.model, crop, crop)),
                "quarantine": quarantine_schema(), "runs": runs_schema()}
-    del probe_embedder, probe_vae
 
     spec = FrameSpec(min_pixels=config.frames.min_pixels, max_pixels=config.frames.max_pixels,
                      crop_size=crop, max_image_pixels=config.frames.max_image_pixels,

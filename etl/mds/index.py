@@ -1,7 +1,6 @@
 """index.json: parse it, and check every field before anything downstream trusts it."""
 
 import json
-import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -152,6 +151,3 @@ def index_json(entries: list[dict]) -> bytes:
     """The reference writer's exact serialisation (sorted keys)."""
     return json.dumps({"shards": entries, "version": 2}, sort_keys=True).encode("utf-8")
 
-
-def shard_path(root: str, basename: str) -> str:
-    return posixpath.join(root, basename)

@@ -41,6 +41,35 @@ def parse_size_limit(value: Union[int, str, None]) -> Optional[int]:
     return value
 
 
+@dataclass(frozen=True)
+class WriterOptions:
+    """Validated, normalised writer settings (columns sorted by name, as the reference does)."""
+
+    column_names: list[str]
+    column_encodings: list[str]
+    encodings: list
+    compression: Optional[str]
+    hashes: list[str]
+    size_limit: Optional[int]
+
+
+def writer_options(columns: Mapping[str, str], compression: Optional[str] = None, hashes: Sequence[str] = (),
+                   size_limit: Union[int, str, None] = DEFAULT_SIZE_LIMIT) -> WriterOptions:
+    """Check every writer setting up front; errors name the column and the allowed values."""
+    if not columns:
+        raise ValueError("columns must map at least one column name to an MDS encoding")
+    names = sorted(columns)
+    encodings = []
+    for name in names:
+        try:
+            encodings.append(get_encoding(columns[name]))
+        except ValueError as exc:
+            raise ValueError(f"column {name!r}: {exc}") from None
+    parse_compression(compression or None)
+    return WriterOptions(names, [columns[n] for n in names], encodings, compression or None,
+                         sorted(set(check_hash_names(hashes))), parse_size_limit(size_limit))
+
+
 @dataclass
 class _Batch:
     """Encoded rows awaiting a shard: row r is pieces [r*width, (r+1)*width)."""
@@ -82,16 +111,12 @@ class MDSWriter:
         exist_ok: bool = False,
         filesystem: Optional[pafs.FileSystem] = None,
     ):
-        if not columns:
-            raise ValueError("columns must name at least one column and its encoding")
-        self.column_names = sorted(columns)
-        self.encodings = [get_encoding(columns[name]) for name in self.column_names]
-        self.column_encodings = [columns[name] for name in self.column_names]
+        options = writer_options(columns, compression, hashes, size_limit)
+        self.column_names, self.encodings = options.column_names, options.encodings
+        self.column_encodings = options.column_encodings
         self.column_sizes = [e.fixed_size for e in self.encodings]
-        self.compression = compression or None
+        self.compression, self.hashes, self.size_limit = options.compression, options.hashes, options.size_limit
         self._codec, self._level = parse_compression(self.compression)
-        self.hashes = sorted(set(check_hash_names(hashes)))
-        self.size_limit = parse_size_limit(size_limit)
         self.subdir = check_basename(subdir, "subdir") if subdir else ""
         self.write_index = write_index
         self.fs, self.root = storage.resolve(out, filesystem)

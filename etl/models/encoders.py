@@ -29,6 +29,29 @@ def _to_tensor(frames: np.ndarray, device: str):
     return tensor.permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def _embedding_dim(config) -> int:
+    return config.projection_dim if hasattr(config, "projection_dim") else config.vision_config.hidden_size
+
+
+def embedding_dim(model_path: str) -> int:
+    """Width of the embeddings a checkpoint produces, from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    return _embedding_dim(AutoConfig.from_pretrained(model_path))
+
+
+def _latent_shape(config, height: int, width: int) -> tuple[int, int, int]:
+    downscale = 2 ** (len(config["block_out_channels"]) - 1)
+    return (config["latent_channels"], height // downscale, width // downscale)
+
+
+def latent_shape(model_path: str, height: int, width: int) -> tuple[int, int, int]:
+    """(C, H/f, W/f) of a VAE checkpoint's latents for frames of height x width, from its config."""
+    from diffusers import AutoencoderKL
+
+    return _latent_shape(AutoencoderKL.load_config(model_path), height, width)
+
+
 class ImageEmbedder:
     """Frames -> L2-normalised image embeddings (N, D)."""
 
@@ -45,8 +68,7 @@ class ImageEmbedder:
         self.mean = torch.tensor(processor.image_mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(processor.image_std, device=self.device).view(1, 3, 1, 1)
         self.dtype, self.batch_size = dtype, batch_size
-        self.dim = self.model.config.projection_dim if hasattr(self.model.config, "projection_dim") \
-            else self.model.config.vision_config.hidden_size
+        self.dim = _embedding_dim(self.model.config)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         import torch
@@ -76,11 +98,9 @@ class LatentEncoder:
         dtype = torch.float16 if self.device == "cuda" else torch.float32
         self.vae = AutoencoderKL.from_pretrained(model_path, torch_dtype=dtype).eval().to(self.device)
         self.dtype, self.batch_size = dtype, batch_size
-        self.downscale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.channels = self.vae.config.latent_channels
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        return (self.channels, height // self.downscale, width // self.downscale)
+        return _latent_shape(self.vae.config, height, width)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         import torch

@@ -16,11 +16,8 @@ from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
 from etl import storage
-from etl.mds.compression import parse_compression
-from etl.mds.encodings import get_encoding
-from etl.mds.hashing import check_hash_names
 from etl.mds.index import INDEX_BASENAME, index_json
-from etl.mds.writer import DEFAULT_SIZE_LIMIT, MDSWriter, parse_size_limit
+from etl.mds.writer import DEFAULT_SIZE_LIMIT, MDSWriter, writer_options
 
 _PART_PREFIX = "part-"
 
@@ -37,18 +34,9 @@ class MDSDatasink(Datasink[list[dict[str, Any]]]):
         filesystem: Optional[pafs.FileSystem] = None,
     ):
         # Validate everything on the driver, before any task starts.
-        if not columns:
-            raise ValueError("columns must map at least one column name to an MDS encoding")
-        for name, encoding in columns.items():
-            try:
-                get_encoding(encoding)
-            except ValueError as exc:
-                raise ValueError(f"column {name!r}: {exc}") from None
-        parse_compression(compression)
+        options = writer_options(columns, compression, hashes, size_limit)
         self.columns = dict(columns)
-        self.compression = compression
-        self.hashes = check_hash_names(hashes)
-        self.size_limit = parse_size_limit(size_limit)
+        self.compression, self.hashes, self.size_limit = options.compression, options.hashes, options.size_limit
         self._uri = uri
         self._filesystem = filesystem
         self._write_id = uuid.uuid4().hex[:12]

@@ -159,8 +159,6 @@ class FrameDecodeStage:
     the image column with `caption_frames`, `crops`, `frame_count`, `frame_sizes`. Rows that arrive with an error are
     passed through untouched; rows that fail here get their reason in `error_column`."""
 
-    resources = {"num_cpus": 1, "num_gpus": 0}
-
     def __init__(self, image_column: str, spec: FrameSpec = FrameSpec(), error_column: str = "error"):
         self.image_column, self.spec, self.error_column = image_column, spec, error_column
         _caption_size(64, 64, spec)  # setup: import transformers' smart_resize now, not in a batch

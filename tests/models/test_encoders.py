@@ -22,8 +22,10 @@ def test_tiny_checkpoints_use_the_production_classes_and_load_from_a_path(tiny):
     assert json.loads((tiny["qwen3_vl"] / "config.json").read_text())["architectures"] == [
         "Qwen3VLForConditionalGeneration"]
     assert json.loads((tiny["qwen3_vl"] / "processor_config.json").read_text())["processor_class"] == "Qwen3VLProcessor"
+    built_at = {name: (path / "config.json").stat().st_mtime_ns for name, path in tiny.items()}
     again = ensure_tiny_models(tiny["clip"].parent)  # present: nothing rebuilt
     assert again == tiny
+    assert {name: (path / "config.json").stat().st_mtime_ns for name, path in again.items()} == built_at
 
 
 def test_image_embeddings_are_unit_vectors_and_repeatable(tiny):
@@ -41,6 +43,13 @@ def test_crops_of_another_size_are_resized_on_the_device(tiny):
     assert embedder(_frames(2, size=160)).shape == (2, 16)
     with pytest.raises(ValueError, match=r"frames must be uint8 \(N, H, W, 3\)"):
         embedder(_frames(2).astype(np.float32))
+
+
+def test_output_shapes_come_from_the_configs_alone(tiny):
+    from etl.models.encoders import embedding_dim, latent_shape
+
+    assert embedding_dim(str(tiny["clip"])) == ImageEmbedder(str(tiny["clip"])).dim == 16
+    assert latent_shape(str(tiny["vae"]), 224, 160) == LatentEncoder(str(tiny["vae"])).latent_shape(224, 160) == (4, 28, 20)
 
 
 def test_latents_have_the_vae_shape_and_are_repeatable(tiny):
