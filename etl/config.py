@@ -69,11 +69,17 @@ class SinkConfig(_Section):
     format: Literal["delta", "parquet"] = "delta"
     buckets: int = Field(16, ge=1, le=4096)
     rows_per_write: int = Field(8192, ge=1)      # per write call; a file holds ~rows_per_write / buckets
-    commit_every_files: int = Field(256, ge=1)   # commit as soon as this many files are pending
+    # A commit round (samples, quarantine, ledger) is made when any of these is reached:
+    commit_every_shards: int = Field(8, ge=1)       # shards finished since the last round
+    commit_every_minutes: float = Field(5.0, gt=0)  # time since the last round, with files pending
+    commit_every_files: int = Field(256, ge=1)      # files pending
 
 
 class RayConfig(_Section):
     address: Optional[str] = None   # None: join the cluster of `ray job submit`, else start one
+    # Object store bytes the job's in-flight blocks may hold (None: Ray Data's default share of the
+    # store). A bound keeps memory flat whatever the dataset size: reads wait for the slow stages.
+    object_store_budget_mb: Optional[int] = Field(None, ge=64)
 
 
 class JobConfig(_Section):

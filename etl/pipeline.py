@@ -24,7 +24,10 @@ import pyarrow.compute as pc
 
 from etl.config import JobConfig
 from etl.sinks.partitioning import buckets_of, derived_sample_ids
-from etl.sinks.table_datasink import commit_files, write_bucket_files
+from etl import storage
+from etl.committer import CommitCadence, RunCommitter, remove_unfinished_rows
+from etl.sinks.table_datasink import write_bucket_files
+from etl.sources.shard_selection import select_shards
 from etl.transforms.frames import FrameDecodeStage, FrameSpec
 
 ERROR = "error"
@@ -75,6 +78,7 @@ class Resources:
 
 
 FRAMES, TEXT = "_frames", "_text"  # internal names: no input column can collide with an output
+READ_AT = "_read_at"  # when the row left the read task (unix s): shows commits overlapping reads
 
 
 _HEADROOM_BYTES = 1 << 30  # interpreter, torch/transformers, activations of a batch
@@ -114,7 +118,8 @@ class Prepare:
         error = pc.if_else(pc.is_valid(read_error), pc.binary_join_element_wise("read: ", read_error, ""),
                            pa.nulls(batch.num_rows, pa.string()))
         columns = {"shard": batch.column("shard"), "row": batch.column("row"), "sample_id": ids,
-                   "bucket": buckets_of(ids, self.buckets), ERROR: error, FRAMES: batch.column(self.image_column)}
+                   "bucket": buckets_of(ids, self.buckets), ERROR: error, FRAMES: batch.column(self.image_column),
+                   READ_AT: pa.array(np.full(batch.num_rows, time.time()))}
         if self.text_column:
             columns[TEXT] = batch.column(self.text_column)
         return pa.table(columns)
@@ -225,10 +230,11 @@ class WriteStage:
                 "error": bad.column(ERROR), "run_id": run(bad.num_rows)})
             files += [dict(f, table="quarantine") for f in write_bucket_files(
                 quarantine, self.schemas["quarantine"], storage.join(self.output, "quarantine"), tag)]
-        per_shard = pa.table({"shard": batch.column("shard"), "bad": pc.cast(failed, pa.int64())}) \
-            .group_by("shard").aggregate([("bad", "sum"), ("bad", "count")]).to_pydict()
-        shards = {shard: [count - bad, bad] for shard, bad, count in
-                  zip(per_shard["shard"], per_shard["bad_sum"], per_shard["bad_count"])}
+        per_shard = pa.table({"shard": batch.column("shard"), "bad": pc.cast(failed, pa.int64()),
+                              "read_at": batch.column(READ_AT)}) \
+            .group_by("shard").aggregate([("bad", "sum"), ("bad", "count"), ("read_at", "max")]).to_pydict()
+        shards = {shard: [count - bad, bad, read_at] for shard, bad, count, read_at in
+                  zip(per_shard["shard"], per_shard["bad_sum"], per_shard["bad_count"], per_shard["read_at_max"])}
         reasons: dict = {}
         for reason in (bad.column(ERROR).to_pylist() if bad.num_rows else []):
             key = f"{reason.split(':', 1)[0]}: {error_class(reason)}"
@@ -260,6 +266,9 @@ def _absolute_model_paths(config: JobConfig) -> JobConfig:
 class RunSummary:
     run_id: str
     output: str
+    mode: str = "incremental"            # incremental | replace (backfill) | nothing to do
+    shards: list[int] = field(default_factory=list)            # what this run processed
+    skipped_shards: list[int] = field(default_factory=list)    # finished earlier (--resume)
     rows: dict[str, int] = field(default_factory=dict)
     commits: dict[str, int] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)
@@ -267,28 +276,72 @@ class RunSummary:
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     first_commit_seconds: Optional[float] = None
+    last_read_seconds: float = 0.0       # when the last row left a read task
+    shards_read_after_first_commit: int = 0
     stage_stats: str = ""
 
 
-def _parquet_bytes(table: pa.Table, pq) -> pa.Buffer:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue()
+def plan_shards(config: JobConfig, schemas: dict, shard_count: int, resume: bool) -> tuple[list[int], list[int], str]:
+    """(shards to process, shards skipped as finished, commit mode). A range whose shards
+    already have rows is a backfill: its replacement lands in one commit per table."""
+    from etl import ledger
+    from etl.sinks.delta_commits import files_meeting, open_table
+
+    selected = select_shards(config.read.shards, shard_count)
+    finished = ledger.finished_shards(config.output, config.sink.format, config.input)
+    if config.sink.format == "parquet":
+        if resume:
+            raise ValueError("--resume needs --format delta: plain Parquet has no transactions to take back the "
+                             "files of a crashed run's unfinished shards")
+        if any(s in finished for s in selected):
+            raise ValueError("shards " + _ranges([s for s in selected if s in finished]) + " already have rows in "
+                             f"{config.output}; replacing rows needs --format delta (or write to a new --output)")
+        return selected, [], "incremental"
+    if resume:
+        todo = [s for s in selected if s not in finished]
+        return todo, [s for s in selected if s in finished], "incremental"
+    has_rows = any(s in finished for s in selected) or any(
+        table is not None and files_meeting(table, selected)
+        for table in (open_table(storage.join(config.output, name)) for name in ("samples", "quarantine")))
+    return selected, [], "replace" if has_rows else "incremental"
 
 
-def run(config: JobConfig) -> RunSummary:
-    """Run the curation job described by `config` on the current Ray cluster."""
+def _ranges(shards: list[int]) -> str:
+    spans, start = [], None
+    for i, shard in enumerate(shards):
+        start = shard if start is None else start
+        if i + 1 == len(shards) or shards[i + 1] != shard + 1:
+            spans.append(f"{start}:{shard + 1}")
+            start = None
+    return ", ".join(spans)
+
+
+def _summarize(summary: RunSummary, progress, started: float, started_wall: float) -> None:
+    summary.rows, summary.commits, summary.files = progress.rows, progress.commits, progress.files
+    summary.reasons = progress.reasons
+    summary.per_shard = {s: tuple(v) for s, v in progress.per_shard.items()}
+    summary.seconds = time.perf_counter() - started
+    if progress.read_times:
+        summary.last_read_seconds = max(progress.read_times.values()) - started_wall
+    if progress.commit_times:
+        summary.first_commit_seconds = progress.commit_times[0] - started_wall
+        summary.shards_read_after_first_commit = sum(t > progress.commit_times[0]
+                                                     for t in progress.read_times.values())
+
+
+def run(config: JobConfig, resume: bool = False) -> RunSummary:
+    """Run the curation job described by `config` on the current Ray cluster. With `resume`,
+    shards the ledger records as finished (for the same input) are skipped."""
     import ray
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from etl import storage
     from etl.mds import load_index
     from etl.models.tiny import ensure_tiny_models
     from etl.sources.mds_datasource import MDSDatasource
     from schemas.tables import quarantine_schema, runs_schema, samples_schema
 
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     config = _absolute_model_paths(config)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     if config.models.build_tiny_if_missing:
@@ -313,10 +366,17 @@ def run(config: JobConfig) -> RunSummary:
                                          latent_shape(config.models.vae.model, crop, crop)),
                "quarantine": quarantine_schema(), "runs": runs_schema()}
 
+    todo, skipped, mode = plan_shards(config, schemas, len(entries), resume)
+    if not todo:
+        return RunSummary(run_id, config.output, mode="nothing to do", skipped_shards=skipped,
+                          seconds=time.perf_counter() - started)
+    if resume and config.sink.format == "delta":
+        remove_unfinished_rows(config.output, schemas, run_id, todo)
+
     spec = FrameSpec(min_pixels=config.frames.min_pixels, max_pixels=config.frames.max_pixels,
                      crop_size=crop, max_image_pixels=config.frames.max_image_pixels,
                      use_draft=config.frames.use_draft)
-    source = MDSDatasource(config.input, shards=config.read.shards, columns=columns,
+    source = MDSDatasource(config.input, shards=todo, columns=columns,
                            verify_hashes=config.read.verify_hashes, shards_per_task=config.read.shards_per_task,
                            on_bad_shard="quarantine", max_image_pixels=config.frames.max_image_pixels)
     decode_rows = max(1, _DECODE_BUDGET_BYTES // (config.frames.max_frames * FrameDecodeStage.pixel_bytes_per_frame(spec)))
@@ -345,58 +405,22 @@ def run(config: JobConfig) -> RunSummary:
                      batch_format="pyarrow", batch_size=config.sink.rows_per_write, num_cpus=resources.write_cpus)
     )
 
-    summary = RunSummary(run_id, config.output)
-    pending: dict[str, list] = {"samples": [], "quarantine": []}
-    per_shard: dict[int, list[int]] = {}
-
-    def commit(final: bool = False) -> None:
-        for name, files in pending.items():
-            if files and (final or len(files) >= config.sink.commit_every_files):
-                if config.sink.format == "delta":
-                    commit_files(storage.join(config.output, name), schemas[name], files, {"run_id": run_id})
-                summary.commits[name] = summary.commits.get(name, 0) + 1
-                summary.files[name] = summary.files.get(name, 0) + len(files)
-                summary.rows[name] = summary.rows.get(name, 0) + sum(f["rows"] for f in files)
-                if summary.first_commit_seconds is None:
-                    summary.first_commit_seconds = time.perf_counter() - started
-                pending[name] = []
-
-    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-        for table, payload in zip(batch.column("table").to_pylist(), batch.column("file").to_pylist()):
-            if table == "counts":
-                counts = json.loads(payload)
-                for shard, (good, bad) in counts["shards"].items():
-                    totals = per_shard.setdefault(int(shard), [0, 0])
-                    totals[0] += good
-                    totals[1] += bad
-                for reason, count in counts["reasons"].items():
-                    summary.reasons[reason] = summary.reasons.get(reason, 0) + count
-            else:
-                pending[table].append(json.loads(payload))
-                commit()  # per file: Ray may hand several write outputs over in one batch
-    commit(final=True)
-
-    # The ledger: every shard of this run, with its counts, appended in one commit.
-    from deltalake import write_deltalake
-
-    now = pa.scalar(int(time.time() * 1e6), pa.timestamp("us", tz="UTC"))
-    shards = sorted(per_shard)
-    ledger = pa.table({
-        "run_id": [run_id] * len(shards), "shard": pa.array(shards, pa.int64()),
-        "samples": pa.array([per_shard[s][0] for s in shards], pa.int64()),
-        "quarantined": pa.array([per_shard[s][1] for s in shards], pa.int64()),
-        "committed_at": pa.array([now.value] * len(shards), pa.timestamp("us", tz="UTC")),
-        "config": [config.model_dump_json()] * len(shards),
-    }, schema=schemas["runs"])
-    if config.sink.format == "delta":
-        write_deltalake(storage.join(config.output, "runs"), ledger, mode="append")
-    else:
-        import pyarrow.parquet as pq
-
-        storage.write_file(*storage.resolve(storage.join(config.output, "runs", f"run-{run_id}.parquet")),
-                           _parquet_bytes(ledger, pq))
-    summary.per_shard = {s: tuple(v) for s, v in per_shard.items()}
-    summary.seconds = time.perf_counter() - started
+    if config.ray.object_store_budget_mb:
+        options = ray.data.DataContext.get_current().execution_options
+        options.resource_limits = options.resource_limits.copy(object_store_memory=config.ray.object_store_budget_mb << 20)
+    summary = RunSummary(run_id, config.output, mode=mode, shards=todo, skipped_shards=skipped)
+    committer = RunCommitter(
+        config.output, schemas, run_id, config.model_dump_json(), {s: entries[s].samples for s in todo},
+        format=config.sink.format, mode=mode, max_error_fraction=config.max_error_fraction,
+        cadence=CommitCadence(config.sink.commit_every_shards, config.sink.commit_every_minutes,
+                              config.sink.commit_every_files))
+    try:
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            for table, payload in zip(batch.column("table").to_pylist(), batch.column("file").to_pylist()):
+                committer.receive(table, payload)
+        committer.finish()
+    finally:
+        _summarize(summary, committer.progress, started, started_wall)
     summary.stage_stats = dataset.stats()
     return summary
 

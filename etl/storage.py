@@ -2,7 +2,12 @@
 
 Local files are memory-mapped, so reading a shard costs no copy until a column is cut out of it.
 S3 objects are read with one GET per shard (ranged reads are available through the same handle).
-Endpoint and credentials come from the standard AWS environment variables and profiles.
+Endpoint and credentials come from the standard AWS environment variables and profiles
+(`AWS_ENDPOINT_URL[_S3]`, `AWS_ACCESS_KEY_ID`..., `AWS_PROFILE`); nothing here logs or stores
+them. Transient S3 errors (5xx, throttling, reset connections) are retried by the AWS SDK's
+standard strategy (exponential backoff with jitter) up to `AWS_MAX_ATTEMPTS` attempts (default
+10), then the error surfaces. Delta commits go through delta-rs's object_store with the same
+endpoint and bound (`delta_storage_options`).
 """
 
 import os
@@ -21,8 +26,42 @@ def resolve(uri: str, filesystem: Optional[pafs.FileSystem] = None) -> tuple[paf
     if "://" not in uri or uri.startswith("file://"):
         local = uri[len("file://"):] if uri.startswith("file://") else uri
         return pafs.LocalFileSystem(use_mmap=True), os.path.abspath(os.path.expanduser(local))
+    if uri.startswith(("s3://", "s3a://")):
+        return _s3(), uri.split("://", 1)[1].rstrip("/")
     fs, path = pafs.FileSystem.from_uri(uri)
     return fs, path.rstrip("/")
+
+
+DEFAULT_MAX_ATTEMPTS = 10
+
+
+def max_attempts() -> int:
+    return int(os.environ.get("AWS_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
+
+
+def s3_endpoint() -> Optional[str]:
+    """The standard variables' endpoint (service-specific first), or None for AWS itself."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _s3() -> pafs.S3FileSystem:
+    # Region: AWS_REGION / AWS_DEFAULT_REGION / profile, as the SDK resolves it.
+    return pafs.S3FileSystem(endpoint_override=s3_endpoint(), connect_timeout=10, request_timeout=60,
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts()))
+
+
+def delta_storage_options(uri: str) -> Optional[dict[str, str]]:
+    """delta-rs storage options for `uri`: the same endpoint and retry bound as pyarrow's S3.
+    Credentials are left to delta-rs's own reading of the AWS variables and profiles."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return None
+    options = {"max_retries": str(max_attempts() - 1), "retry_timeout": "120s"}
+    endpoint = s3_endpoint()
+    if endpoint:
+        options["endpoint_url"] = endpoint
+        if endpoint.startswith("http://"):
+            options["allow_http"] = "true"
+    return options
 
 
 def is_local(fs: pafs.FileSystem) -> bool:

@@ -21,7 +21,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--buckets", type=int, help="hash buckets of the output tables")
     parser.add_argument("--format", choices=["delta", "parquet"], help="table format")
     parser.add_argument("--ray-address", help="Ray cluster address ('local' starts one)")
+    parser.add_argument("--max-error-fraction", type=float,
+                        help="fail the run when more than this fraction of samples is quarantined")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip shards the output's ledger records as finished; redo the rest")
     return parser.parse_args(argv)
+
+
+# Where storage is and how hard to retry follow the driver to its workers. Credentials do not:
+# runtime envs are visible in the cluster's job table, so workers use the cluster's own
+# credentials (environment, profile or instance role).
+_STORAGE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def storage_settings() -> dict[str, str]:
+    import os
+
+    return {name: os.environ[name] for name in _STORAGE_SETTINGS if name in os.environ}
 
 
 def main(argv=None) -> int:
@@ -33,17 +49,32 @@ def main(argv=None) -> int:
             "input": args.input, "output": args.output, "read.shards": args.shards,
             "read.image_column": args.image_column, "read.text_column": args.text_column,
             "read.id_column": args.id_column, "sink.buckets": args.buckets, "sink.format": args.format,
-            "ray.address": args.ray_address})
+            "ray.address": args.ray_address, "max_error_fraction": args.max_error_fraction})
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     import ray
 
     from etl import pipeline
+    from etl.committer import ErrorBudgetExceeded, RowAccountingError
 
-    ray.init(address=config.ray.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    summary = pipeline.run(config)
-    print(f"run {summary.run_id}: {summary.seconds:.1f}s, first commit after {summary.first_commit_seconds or 0:.1f}s")
+    ray.init(address=config.ray.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": storage_settings()})
+    try:
+        summary = pipeline.run(config, resume=args.resume)
+    except (ErrorBudgetExceeded, RowAccountingError, ValueError) as exc:
+        print(f"run failed: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # storage still failing after the bounded retries
+        print(f"run failed: storage error: {exc}", file=sys.stderr)
+        return 1
+    if summary.skipped_shards:
+        print(f"resume: {len(summary.skipped_shards)} shard(s) already finished, skipped")
+    if summary.mode == "nothing to do":
+        print("nothing to do: every selected shard is finished")
+        return 0
+    print(f"run {summary.run_id} ({summary.mode}, {len(summary.shards)} shards): {summary.seconds:.1f}s, "
+          f"first commit after {summary.first_commit_seconds or 0:.1f}s, last read at {summary.last_read_seconds:.1f}s")
     for table in ("samples", "quarantine"):
         print(f"  {config.output}/{table}: {summary.rows.get(table, 0)} rows in {summary.files.get(table, 0)} "
               f"files, {summary.commits.get(table, 0)} commit(s)")

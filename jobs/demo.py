@@ -67,6 +67,8 @@ def main(argv=None) -> None:
     summary = pipeline.run(config)
     print(f"\nrun {summary.run_id}: {summary.seconds:.1f}s in all, first commit after "
           f"{summary.first_commit_seconds:.1f}s, {args.samples / summary.seconds:.1f} samples/s end to end")
+    print(f"  reads ran until {summary.last_read_seconds:.1f}s: {summary.shards_read_after_first_commit} of "
+          f"{len(summary.per_shard)} shards were still being read after the first commit")
     for table in ("samples", "quarantine"):
         print(f"  {out / 'tables' / table}: {summary.rows.get(table, 0)} rows, {summary.files.get(table, 0)} "
               f"files, {summary.commits.get(table, 0)} commit(s)")

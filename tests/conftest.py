@@ -2,8 +2,32 @@ import os
 
 import pytest
 
+from tests.s3_server import S3Server, aws_environment, free_port
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+# The loopback S3 server's address goes into the standard AWS variables before anything starts,
+# so every process of the session (Ray workers, job subprocesses) reaches it the standard way.
+_S3 = S3Server(free_port())
+os.environ.update(aws_environment(_S3.endpoint))
+os.environ["AWS_MAX_ATTEMPTS"] = "6"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1, its own process, for the whole session."""
+    _S3.start()
+    yield _S3
+    _S3.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A fresh bucket per test: s3://<name>."""
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-") \
+        + "-" + os.urandom(3).hex()
+    return s3_server.create_bucket(name)
 
 
 @pytest.fixture(scope="session")

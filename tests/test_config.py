@@ -16,7 +16,7 @@ def test_the_shipped_local_config_is_valid_and_cli_values_override_it():
 
 
 @pytest.mark.parametrize("yaml_text, message", [
-    ("sink:\n  fromat: delta\n", "sink.fromat: unknown key; allowed keys: ['buckets', 'commit_every_files', 'format', 'rows_per_write']"),
+    ("sink:\n  fromat: delta\n", "sink.fromat: unknown key; allowed keys: ['buckets', 'commit_every_files', 'commit_every_minutes', 'commit_every_shards', 'format', 'rows_per_write']"),
     ("sink:\n  format: orc\n", "sink.format: Input should be 'delta' or 'parquet' (got 'orc')"),
     ("models:\n  captioner:\n    backend: tgi\n", "models.captioner.backend: Input should be 'transformers' or 'vllm'"),
     ("sink:\n  buckets: 0\n", "sink.buckets: Input should be greater than or equal to 1 (got 0)"),

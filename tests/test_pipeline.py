@@ -40,8 +40,8 @@ def tiny(tmp_path_factory):
     return ensure_tiny_models(tmp_path_factory.mktemp("models"))
 
 
-def _config(dataset_path, output, tiny):
-    return load_config("jobs/configs/local.yaml", {
+def _config(dataset_path, output, tiny, **extra):
+    return load_config("jobs/configs/local.yaml", {**extra,
         "input": str(dataset_path), "output": str(output), "read.id_column": "id", "read.text_column": "text",
         "frames.min_pixels": 32 * 32, "frames.max_pixels": 64 * 64, "frames.crop_size": 64,
         "models.captioner.model": str(tiny["qwen3_vl"]), "models.captioner.max_new_tokens": 8,
@@ -56,14 +56,25 @@ def two_runs(dataset, tiny, tmp_path_factory, ray_local):
 
     path, _, _ = dataset
     outputs = [tmp_path_factory.mktemp(f"out{i}") for i in range(2)]
-    summaries = [pipeline.run(_config(path, out, tiny)) for out in outputs]
+    # the second run writes hive-partitioned Parquet: same rows, no Delta log
+    summaries = [pipeline.run(_config(path, out, tiny, **{"sink.format": fmt}))
+                 for out, fmt in zip(outputs, ("delta", "parquet"))]
     return outputs, summaries
 
 
 def _table(output, name):
     from deltalake import DeltaTable
 
+    if not (output / name / "_delta_log").is_dir():
+        return _parquet_table(output, name)
     return DeltaTable(str(output / name)).to_pyarrow_table()
+
+
+def _parquet_table(output, name):
+    import pyarrow.dataset as ds
+
+    partitioning = None if name == "runs" else ds.partitioning(pa.schema([("bucket", pa.int32())]), flavor="hive")
+    return ds.dataset(str(output / name), format="parquet", partitioning=partitioning).to_table()
 
 
 def test_every_input_sample_is_in_samples_or_quarantine_per_shard(dataset, two_runs):
@@ -78,6 +89,7 @@ def test_every_input_sample_is_in_samples_or_quarantine_per_shard(dataset, two_r
     assert {s: a + b for s, (a, b) in ledger.items()} == per_shard_input
     assert len(set(samples.column("sample_id").to_pylist())) == samples.num_rows == 24 - len(broken)
     assert summary.commits["samples"] >= 2  # commits as files arrive, not once at the end
+    assert 0 < summary.first_commit_seconds < summary.seconds and summary.last_read_seconds > 0
     assert summary.files["samples"] <= summary.commits["samples"] * 4 + 3
 
 
@@ -137,6 +149,23 @@ def test_two_runs_with_the_same_seed_give_the_same_captions(two_runs):
     captions = [{r["sample_id"]: r["caption"] for r in _table(out, "samples").to_pylist()} for out in (first, second)]
     assert captions[0] == captions[1] and len(captions[0]) == 22
     assert summaries[0].run_id != summaries[1].run_id
+
+
+def test_parquet_format_writes_hive_partitioned_tables_of_the_same_rows(dataset, two_runs):
+    (delta_out, parquet_out), (_, summary) = two_runs
+    assert not (parquet_out / "samples" / "_delta_log").exists()
+    assert {p.name for p in (parquet_out / "samples").iterdir()} <= {f"bucket={b}" for b in range(4)}
+    for name in ("samples", "quarantine"):
+        expected = restore(_table(delta_out, name), samples_schema(16, (4, 8, 8)) if name == "samples"
+                           else quarantine_schema())
+        got = _parquet_table(parquet_out, name)
+        assert got.num_rows == expected.num_rows == summary.rows[name]
+        by_id = lambda t: {r["sample_id"]: (r["shard"], r["row"], r["bucket"]) for r in
+                           t.select(["sample_id", "shard", "row", "bucket"]).to_pylist()}
+        assert by_id(got) == by_id(expected)
+    runs = _parquet_table(parquet_out, "runs")
+    assert runs.schema.names == runs_schema().names
+    assert sum(runs.column("samples").to_pylist()) + sum(runs.column("quarantined").to_pylist()) == 24
 
 
 def test_embeddings_and_latents_reach_torch_as_tensors(two_runs):

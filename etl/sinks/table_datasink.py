@@ -23,7 +23,7 @@ from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
 from etl import storage
-from schemas.tables import PARTITION_COLUMN, storage_schema, to_storage
+from schemas.tables import PARTITION_COLUMN, to_storage
 
 _STATS_COLUMNS = ("shard", "row", "sample_id")  # min/max for data skipping (shard-range backfills)
 
@@ -85,6 +85,8 @@ class TableDatasink(Datasink[list[dict[str, Any]]]):
     def on_write_complete(self, write_result: WriteResult[list[dict[str, Any]]]) -> None:
         self.files = [f for task in write_result.write_returns for f in task]
         if self.format == "delta":
+            from etl.sinks.delta_commits import commit_files
+
             commit_files(self.uri, self.schema, self.files, {"run_id": self.run_id})
 
     def on_write_failed(self, error: Exception) -> None:
@@ -107,38 +109,17 @@ def write_bucket_files(table: pa.Table, schema: pa.Schema, uri: str, tag: str,
     buckets = table.column(PARTITION_COLUMN).to_numpy()
     values, starts = np.unique(buckets, return_index=True)
     stops = list(starts[1:]) + [len(buckets)]
-    written = []
-    for bucket, start, stop in zip(values.tolist(), starts.tolist(), stops):
-        part = table.slice(start, stop - start).drop_columns([PARTITION_COLUMN])
-        path = f"{PARTITION_COLUMN}={bucket}/part-{tag}.parquet"
-        sink = pa.BufferOutputStream()
-        pq.write_table(part, sink, compression="zstd")
-        data = sink.getvalue()
-        storage.write_file(fs, storage.join(root, path), data)
-        written.append({"path": path, "size": data.size, "bucket": bucket, "rows": part.num_rows,
-                        "stats": _stats(part), "modification_time": int(time.time() * 1000)})
-    return written
+    return [file_entry(fs, root, f"{PARTITION_COLUMN}={bucket}/part-{tag}.parquet",
+                       table.slice(start, stop - start).drop_columns([PARTITION_COLUMN]), bucket)
+            for bucket, start, stop in zip(values.tolist(), starts.tolist(), stops)]
 
 
-def commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], metadata: dict[str, Any]) -> Optional[int]:
-    """Add `files` to the Delta table at `uri` (created on first commit) in one transaction.
-    Returns the new table version, or None when there was nothing to commit."""
-    if not files:
-        return None
-    from deltalake import DeltaTable, Schema
-    from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
-
-    actions = [AddAction(path=f["path"], size=f["size"], partition_values={PARTITION_COLUMN: str(f["bucket"])},
-                         modification_time=f["modification_time"], data_change=True, stats=f["stats"])
-               for f in files]
-    delta_schema = Schema.from_arrow(storage_schema(schema))
-    properties = CommitProperties(custom_metadata={**metadata, "files": len(actions)})
-    if DeltaTable.is_deltatable(uri):
-        table = DeltaTable(uri)
-        table.create_write_transaction(actions, mode="append", schema=delta_schema,
-                                       partition_by=[PARTITION_COLUMN], commit_properties=properties)
-        table.update_incremental()
-        return table.version()
-    create_table_with_add_actions(uri, delta_schema, actions, mode="append", partition_by=[PARTITION_COLUMN],
-                                  commit_properties=properties)
-    return DeltaTable(uri).version()
+def file_entry(fs: pafs.FileSystem, root: str, path: str, part: pa.Table, bucket: int) -> dict[str, Any]:
+    """Write one bucket's rows (storage form, no partition column) to `root/path`; return the
+    metadata a Delta add action needs."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(part, sink, compression="zstd")
+    data = sink.getvalue()
+    storage.write_file(fs, storage.join(root, path), data)
+    return {"path": path, "size": data.size, "bucket": bucket, "rows": part.num_rows,
+            "stats": _stats(part), "modification_time": int(time.time() * 1000)}

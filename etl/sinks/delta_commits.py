@@ -1,0 +1,148 @@
+"""Delta transactions over files that workers already wrote: append them, or replace the rows of
+a set of shards with them, each in exactly one commit.
+
+Replacing shards S: every active file whose `shard` stats range meets S is examined. A file with
+only S rows is removed; a file mixing S rows with others (a write batch spans a few shards) is
+rewritten without its S rows, keeping the other rows' values and `run_id`; the new files are
+added. All of it is one `create_write_transaction`, so a reader sees the old rows of S or the
+new ones, never both and never neither. Concurrent writers are safe on any store with
+conditional PUTs (local files, S3, moto's server): delta-rs retries a commit that only raced
+appends, and a race over the same files (two replacements sharing a rewritten file) fails
+with CommitFailedError, after which the replacement is planned again on the new snapshot.
+"""
+
+import random
+import time
+import uuid
+from typing import Any, Collection, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from etl import storage
+from schemas.tables import PARTITION_COLUMN, storage_schema
+
+_CONFLICT_RETRIES = 8
+
+
+def open_table(uri: str):
+    from deltalake import DeltaTable
+
+    options = storage.delta_storage_options(uri)
+    return DeltaTable(uri, storage_options=options) if DeltaTable.is_deltatable(uri, options) else None
+
+
+def table_exists(uri: str) -> bool:
+    return open_table(uri) is not None
+
+
+def files_meeting(table, shards: Collection[int]) -> list[dict[str, Any]]:
+    """Active files whose shard range holds at least one of `shards` (or that have no stats)."""
+    wanted = np.array(sorted(set(shards)), dtype=np.int64)
+    if not len(wanted):
+        return []
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    found = []
+    for action in actions:
+        low, high = action.get("min.shard"), action.get("max.shard")
+        if low is not None and high is not None:
+            at = int(np.searchsorted(wanted, low))
+            if at == len(wanted) or wanted[at] > high:
+                continue
+        found.append(action)
+    return found
+
+
+def _add_action(file: dict[str, Any]):
+    from deltalake.transaction import AddAction
+
+    return AddAction(path=file["path"], size=file["size"], partition_values={PARTITION_COLUMN: str(file["bucket"])},
+                     modification_time=file["modification_time"], data_change=True, stats=file["stats"])
+
+
+def _plan_replacement(uri: str, table, shards: Collection[int], tag: str,
+                      own: set[str]) -> tuple[list, list[dict[str, Any]]]:
+    """Remove actions for every file holding rows of `shards`, and the rewritten remainders.
+    Files in `own` (this commit's adds) are never removed: if an earlier attempt of this commit
+    landed but its response was lost, the retry finds them live and re-adds them, which leaves
+    the snapshot unchanged (Delta keys files by path)."""
+    from deltalake.transaction import RemoveAction
+
+    from etl.sinks.table_datasink import file_entry
+
+    fs, root = storage.resolve(uri)
+    wanted = pa.array(sorted(set(shards)), pa.int64())
+    removes, rewritten = [], []
+    now = int(time.time() * 1000)
+    for action in files_meeting(table, shards):
+        path = action["path"]
+        if path in own:
+            continue
+        data, _ = storage.read_file(fs, storage.join(root, path))
+        rows = pq.read_table(pa.BufferReader(data))
+        hit = pc.is_in(rows.column("shard"), value_set=wanted)
+        hits = pc.sum(hit).as_py() or 0
+        if not hits:
+            continue
+        bucket = action.get(f"partition.{PARTITION_COLUMN}")
+        removes.append(RemoveAction(path=path, data_change=True, deletion_timestamp=now, size=action["size_bytes"],
+                                    partition_values={PARTITION_COLUMN: None if bucket is None else str(bucket)}))
+        if hits < rows.num_rows:
+            keep = rows.filter(pc.invert(hit))
+            kept_path = f"{PARTITION_COLUMN}={bucket}/part-{tag}-keep-{uuid.uuid4().hex[:8]}.parquet"
+            rewritten.append(file_entry(fs, root, kept_path, keep, bucket))
+    return removes, rewritten
+
+
+def commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], metadata: dict[str, Any], *,
+                 replace_shards: Optional[Collection[int]] = None) -> Optional[int]:
+    """Add `files` to the Delta table at `uri` (created on first commit) in one transaction; with
+    `replace_shards`, the same transaction first removes every existing row of those shards.
+    Returns the new version, or None when there was nothing to do."""
+    from deltalake import Schema
+    from deltalake.exceptions import CommitFailedError, DeltaError
+    from deltalake.transaction import CommitProperties, create_table_with_add_actions
+
+    delta_schema = Schema.from_arrow(storage_schema(schema))
+    adds = [_add_action(f) for f in files]
+    options = storage.delta_storage_options(uri)
+    tag = f"{metadata.get('run_id', 'commit')}-{uuid.uuid4().hex[:6]}"
+    for attempt in range(_CONFLICT_RETRIES):
+        table = open_table(uri)
+        try:
+            if table is None:
+                if not adds:
+                    return None
+                properties = CommitProperties(custom_metadata={**metadata, "files": len(adds)})
+                create_table_with_add_actions(uri, delta_schema, adds, mode="append", partition_by=[PARTITION_COLUMN],
+                                              commit_properties=properties, storage_options=options)
+                return open_table(uri).version()
+            removes: list = []
+            rewritten: list[dict[str, Any]] = []
+            if replace_shards:
+                removes, rewritten = _plan_replacement(uri, table, replace_shards, tag, {f["path"] for f in files})
+            actions = removes + [_add_action(f) for f in rewritten] + adds
+            if not actions:
+                return None
+            properties = CommitProperties(custom_metadata={
+                **metadata, "files": len(adds), "removed_files": len(removes), "rewritten_files": len(rewritten)})
+            table.create_write_transaction(actions, mode="append", schema=delta_schema,
+                                           partition_by=[PARTITION_COLUMN], commit_properties=properties)
+            table.update_incremental()
+            return table.version()
+        except (CommitFailedError, DeltaError) as exc:
+            # The rewritten files are left in place: a commit whose response was lost may have
+            # landed and reference them. Unreferenced ones are removed by VACUUM.
+            if attempt == _CONFLICT_RETRIES - 1 or not _is_conflict(exc, table is None):
+                raise
+            time.sleep(random.uniform(0.05, 0.5) * (attempt + 1))  # jitter: racing writers spread out
+    raise AssertionError("unreachable")
+
+
+def _is_conflict(exc: Exception, creating: bool) -> bool:
+    from deltalake.exceptions import CommitFailedError
+
+    # creating: another writer created the table first; the next attempt appends to it
+    return isinstance(exc, CommitFailedError) or (creating and "exist" in str(exc).lower())
