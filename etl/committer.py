@@ -125,7 +125,7 @@ class RunCommitter:
             causes = "\n".join(f"  {count:6d} x {reason}" for reason, count in
                                sorted(self.progress.reasons.items(), key=lambda kv: -kv[1]))
             raise ErrorBudgetExceeded(
-                f"{bad} of {total} samples failed ({bad / total:.1%}), over max_error_fraction="
+                f"{bad} of {total} samples failed ({bad / total:.2%}), over max_error_fraction="
                 f"{self.max_error_fraction}{' so far' if not final else ''}; causes:\n{causes}\n"
                 f"committed data is consistent: finished shards are in the ledger, `--resume` redoes the rest")
 
@@ -176,5 +176,5 @@ def remove_unfinished_rows(output: str, schemas: dict, run_id: str, shards: list
     """`--resume`: rows that a crashed run committed for shards it never finished are removed
     (one transaction per table) before those shards are redone."""
     return {name: commit_files(storage.join(output, name), schemas[name], [],
-                               {"run_id": run_id, "operation": "resume: remove unfinished shards"},
+                               {"run_id": run_id, "reason": "resume: remove rows of unfinished shards"},
                                replace_shards=shards) for name in TABLES}

@@ -146,8 +146,9 @@ class CaptionStage:
         views = batch.column("caption_frames").to_pylist()
         texts = batch.column(self.text_column).to_pylist() if self.text_column else [None] * batch.num_rows
         todo = [i for i, e in enumerate(errors) if e is None]
+        keys = batch.column("sample_id").to_pylist()
         samples = [CaptionSample([np.frombuffer(v["pixels"], np.uint8).reshape(v["height"], v["width"], 3)
-                                  for v in views[i]], texts[i]) for i in todo]
+                                  for v in views[i]], texts[i], keys[i]) for i in todo]
         results = {}
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
@@ -278,6 +279,7 @@ class RunSummary:
     first_commit_seconds: Optional[float] = None
     last_read_seconds: float = 0.0       # when the last row left a read task
     shards_read_after_first_commit: int = 0
+    commit_times: list[float] = field(default_factory=list)   # unix seconds of each commit round
     stage_stats: str = ""
 
 
@@ -323,6 +325,7 @@ def _summarize(summary: RunSummary, progress, started: float, started_wall: floa
     summary.seconds = time.perf_counter() - started
     if progress.read_times:
         summary.last_read_seconds = max(progress.read_times.values()) - started_wall
+    summary.commit_times = list(progress.commit_times)
     if progress.commit_times:
         summary.first_commit_seconds = progress.commit_times[0] - started_wall
         summary.shards_read_after_first_commit = sum(t > progress.commit_times[0]

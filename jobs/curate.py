@@ -23,6 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ray-address", help="Ray cluster address ('local' starts one)")
     parser.add_argument("--max-error-fraction", type=float,
                         help="fail the run when more than this fraction of samples is quarantined")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set sink.commit_every_shards=4 (repeatable)")
     parser.add_argument("--resume", action="store_true",
                         help="skip shards the output's ledger records as finished; redo the rest")
     return parser.parse_args(argv)
@@ -40,12 +42,28 @@ def storage_settings() -> dict[str, str]:
     return {name: os.environ[name] for name in _STORAGE_SETTINGS if name in os.environ}
 
 
+def parse_sets(items: list[str]) -> dict:
+    """`--set a.b=value` pairs -> dotted overrides; values are YAML scalars (8, 0.5, true, null)."""
+    import yaml
+
+    from etl.config import ConfigError
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sink.buckets=64")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from etl.config import ConfigError, load_config
 
     try:
-        config = load_config(args.config, {
+        overrides = parse_sets(args.set)
+        config = load_config(args.config, {**overrides,
             "input": args.input, "output": args.output, "read.shards": args.shards,
             "read.image_column": args.image_column, "read.text_column": args.text_column,
             "read.id_column": args.id_column, "sink.buckets": args.buckets, "sink.format": args.format,

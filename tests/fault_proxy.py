@@ -71,6 +71,10 @@ async def serve(args) -> None:
                 raise asyncio.CancelledError
             record(None, request.method)
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
+            if request.method == "HEAD" and "Content-Length" in upstream.headers:
+                # a HEAD's length is the object's, not the (empty) body's
+                out_headers["Content-Length"] = upstream.headers["Content-Length"]
+                return web.Response(status=upstream.status, headers=out_headers)
             return web.Response(status=upstream.status, body=payload, headers=out_headers)
 
     app = web.Application(client_max_size=1 << 30)

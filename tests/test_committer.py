@@ -89,3 +89,18 @@ def test_replace_mode_commits_nothing_until_the_end(tmp_path):
     table = open_table(f"{tmp_path}/samples")
     assert table.version() == version + 1
     assert sorted(table.to_pyarrow_table().column("sample_id").to_pylist()) == ["0:0", "0:1", "1:0", "1:1"]
+
+
+def test_resume_clean_up_removes_only_unfinished_shards_rows(tmp_path):
+    from etl.committer import remove_unfinished_rows
+
+    crashed = committer(tmp_path, {0: 2, 1: 4}, every_shards=1)
+    feed(crashed, write_output(tmp_path, 0, [0, 1]))  # shard 0 finished and ledgered
+    feed(crashed, write_output(tmp_path, 1, [0, 1]))  # half of shard 1 ...
+    crashed.commit_round()                             # ... committed, then the driver dies
+    assert open_table(f"{tmp_path}/samples").to_pyarrow_table().num_rows == 4
+    versions = remove_unfinished_rows(str(tmp_path), SCHEMAS, "run-2", [1])
+    assert versions["quarantine"] is None  # no such table: nothing to do
+    ids = sorted(open_table(f"{tmp_path}/samples").to_pyarrow_table().column("sample_id").to_pylist())
+    assert ids == ["0:0", "0:1"]
+    assert open_table(f"{tmp_path}/samples").history(1)[0]["reason"].startswith("resume")

@@ -38,6 +38,34 @@ CAPTION_SCHEMA = {
 class CaptionSample:
     frames: Sequence[np.ndarray]  # (H, W, 3) uint8 each, sides multiples of the model's factor
     context: Optional[str] = None  # optional text that came with the sample
+    key: str = ""                  # the sample's id: with the run's seed, it fixes the sampling
+
+
+def sample_seed(seed: int, key: str) -> int:
+    """The sampling seed of one sample. Per sample, not per batch: a caption must not depend on
+    which other samples shared its batch (that changes with timing, retries and resumes)."""
+    import xxhash
+
+    return xxhash.xxh64_intdigest(f"{seed}:{key}".encode()) & 0x7FFFFFFF
+
+
+def per_row_sampler(seeds: Sequence[int], temperature: float, device):
+    """A transformers `LogitsProcessor` that draws each row's next token from its own seeded
+    generator (temperature sampling) and leaves only that token, so greedy decoding emits it."""
+    import torch
+    from transformers import LogitsProcessor
+
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+    class PerRowSampler(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            probs = torch.softmax(scores.float() / temperature, dim=-1)
+            chosen = torch.cat([torch.multinomial(probs[row], 1, generator=generators[row])
+                                for row in range(probs.shape[0])])
+            forced = torch.full_like(scores, float("-inf"))
+            return forced.scatter_(1, chosen[:, None], 0.0)
+
+    return PerRowSampler()
 
 
 @dataclass(frozen=True)
@@ -134,9 +162,12 @@ class TransformersCaptioner:
         # Frames arrive already smart-resized by the CPU stage: do not resample them again.
         inputs = self.processor(text=texts, images=images, padding=True, do_resize=False,
                                 return_tensors="pt").to(self.device)
-        sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 \
-            else {"do_sample": False}
-        torch.manual_seed(self.seed)
+        sampling = {"do_sample": False}
+        if self.temperature > 0:
+            from transformers import LogitsProcessorList
+
+            sampler = per_row_sampler([sample_seed(self.seed, s.key) for s in samples], self.temperature, self.device)
+            sampling["logits_processor"] = LogitsProcessorList([sampler])
         with torch.inference_mode():
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
         answers = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -161,7 +192,8 @@ def vllm_requests(processor, samples: Sequence[CaptionSample]) -> list[dict]:
 
 
 def vllm_sampling_kwargs(max_new_tokens: int, temperature: float, seed: int) -> dict:
-    """Keyword arguments of `vllm.SamplingParams`; the answer is constrained to CAPTION_SCHEMA."""
+    """Keyword arguments of one request's `vllm.SamplingParams` (`seed`: the sample's own, from
+    `sample_seed`); the answer is constrained to CAPTION_SCHEMA."""
     return {"max_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
             "structured_outputs": {"json": CAPTION_SCHEMA}}
 
@@ -184,14 +216,16 @@ class VLLMCaptioner:
         self.llm = LLM(model=model_path, max_model_len=max_model_len, seed=seed, enable_prefix_caching=True,
                        limit_mm_per_prompt={"image": max_frames, "video": 0},
                        gpu_memory_utilization=gpu_memory_utilization)
-        kwargs = vllm_sampling_kwargs(max_new_tokens, temperature, seed)
-        kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
-        self.sampling = SamplingParams(**kwargs)
+        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
+        self._params = lambda kwargs: SamplingParams(**{
+            **kwargs, "structured_outputs": StructuredOutputsParams(**kwargs["structured_outputs"])})
 
     def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
         if not samples:
             return []
-        outputs = self.llm.generate(vllm_requests(self.processor, samples), self.sampling, use_tqdm=False)
+        sampling = [self._params(vllm_sampling_kwargs(self.max_new_tokens, self.temperature,
+                                                      sample_seed(self.seed, s.key))) for s in samples]
+        outputs = self.llm.generate(vllm_requests(self.processor, samples), sampling, use_tqdm=False)
         return [parse_answer(output.outputs[0].text) for output in outputs]
 
 

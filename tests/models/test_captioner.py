@@ -51,11 +51,16 @@ def test_tiny_qwen3_vl_captions_multi_frame_samples_repeatably(captioner):
     assert model.frame_factor == 32
     spec = FrameSpec(factor=model.frame_factor, min_pixels=32 * 32 * 4, max_pixels=128 * 128, crop_size=32)
     frames = jpeg_frames(3, 320, 180)
-    samples = [CaptionSample([f.caption_view for f in decode_sample(frames, spec)], "a clip"),
-               CaptionSample([f.caption_view for f in decode_sample(frames[:1], spec)])]
+    samples = [CaptionSample([f.caption_view for f in decode_sample(frames, spec)], "a clip", "clip-a"),
+               CaptionSample([f.caption_view for f in decode_sample(frames[:1], spec)], None, "clip-b")]
     first = model.caption(samples)
     again = TransformersCaptioner(str(paths["qwen3_vl"]), max_new_tokens=12, temperature=0.8, seed=7).caption(samples)
     assert [r.raw for r in first] == [r.raw for r in again]  # same seed, same captions
+    # a caption does not depend on its batch: alone, or after other samples, it is the same
+    assert [r.raw for r in model.caption(samples[1:])] == [first[1].raw]
+    assert model.caption([samples[1], samples[0]])[1].raw == first[0].raw
+    other_seed = TransformersCaptioner(str(paths["qwen3_vl"]), max_new_tokens=12, temperature=0.8, seed=8)
+    assert [r.raw for r in other_seed.caption(samples)] != [r.raw for r in first]
     assert all(isinstance(r.caption, str) for r in first)
     # random weights write junk: it must be marked unparsable, with no scores made up
     assert all(r.parse_error and r.quality is None and r.aesthetics is None for r in first)
@@ -74,6 +79,9 @@ def test_vllm_requests_share_the_system_prefix_and_carry_every_frame(captioner):
     prefix = prompts[0][: prompts[0].index("<|im_start|>user")]
     assert SYSTEM_PROMPT in prefix and prompts[1].startswith(prefix)  # one cached prefix for all
     assert requests[0]["multi_modal_data"]["image"][0].size == (96, 64)
+    from etl.models.captioner import sample_seed
+
+    assert sample_seed(3, "clip-a") == sample_seed(3, "clip-a") != sample_seed(3, "clip-b") != sample_seed(4, "clip-b")
     kwargs = vllm_sampling_kwargs(64, 0.0, 3)
     assert kwargs["structured_outputs"] == {"json": CAPTION_SCHEMA}
     assert (kwargs["max_tokens"], kwargs["temperature"], kwargs["seed"]) == (64, 0.0, 3)
