@@ -63,18 +63,24 @@ class Resources:
     model_gpus: float
     write_cpus: float
 
+    # Read, prepare and write tasks do light Arrow work; their small share lets all three run
+    # at once beside the actors (with 0.25 each and the actors taking the rest, they queued
+    # behind one another and starved the actors of input).
+    TASK_CPUS = 0.1
+    TASKS_ROOM = 0.5  # logical CPUs left for tasks: up to five at once
+
     @classmethod
     def for_cluster(cls, cpus: float, gpus: float) -> "Resources":
         if cpus < 2:
             raise ValueError(f"the job needs at least 2 CPUs, the cluster has {cpus}")
-        if gpus >= 2:
-            return cls(read_cpus=0.5, decode_actors=max(1, int(cpus) - 3), decode_cpus=1.0, model_cpus=1.0,
-                       model_gpus=1.0, write_cpus=0.5)
-        # CPU only (or one GPU shared by both model actors): keep everything inside `cpus`.
-        model_gpus = 0.5 if gpus >= 1 else 0.0
-        decode_actors = max(1, int(cpus) - 2)
-        return cls(read_cpus=0.25, decode_actors=decode_actors, decode_cpus=min(1.0, (cpus - 1.25) / decode_actors),
-                   model_cpus=0.5, model_gpus=model_gpus, write_cpus=0.25)
+        # one GPU per model actor when there are two; one GPU shared by both; else CPU models
+        model_gpus = 1.0 if gpus >= 2 else 0.5 if gpus >= 1 else 0.0
+        model_cpus = 1.0 if gpus >= 2 else 0.4
+        for_decode = cpus - cls.TASKS_ROOM - 2 * model_cpus
+        decode_actors = max(1, round(for_decode))
+        return cls(read_cpus=cls.TASK_CPUS, decode_actors=decode_actors,
+                   decode_cpus=min(1.0, for_decode / decode_actors), model_cpus=model_cpus,
+                   model_gpus=model_gpus, write_cpus=cls.TASK_CPUS)
 
 
 FRAMES, TEXT = "_frames", "_text"  # internal names: no input column can collide with an output
@@ -96,6 +102,7 @@ def model_memory_bytes(*paths: str) -> int:
 
 
 _DECODE_BUDGET_BYTES = 64 << 20  # decoded pixels per decode batch
+_READ_BLOCK_BYTES = 16 << 20     # encoded bytes per read block: small enough to pipeline
 
 
 class Prepare:
@@ -381,11 +388,12 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
                      use_draft=config.frames.use_draft)
     source = MDSDatasource(config.input, shards=todo, columns=columns,
                            verify_hashes=config.read.verify_hashes, shards_per_task=config.read.shards_per_task,
-                           on_bad_shard="quarantine", max_image_pixels=config.frames.max_image_pixels)
+                           on_bad_shard="quarantine", max_image_pixels=config.frames.max_image_pixels,
+                           block_bytes=_READ_BLOCK_BYTES)
     decode_rows = max(1, _DECODE_BUDGET_BYTES // (config.frames.max_frames * FrameDecodeStage.pixel_bytes_per_frame(spec)))
     models = config.models
     dataset = (
-        ray.data.read_datasource(source, num_cpus=resources.read_cpus)
+        ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(), num_cpus=resources.read_cpus)
         .map_batches(Prepare(image_column, config.read.text_column, config.read.id_column, config.sink.buckets),
                      batch_format="pyarrow",
                      num_cpus=resources.read_cpus)

@@ -74,6 +74,11 @@ def test_ray_job_submit_runs_the_curation_job(tmp_path):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(60)
+        # `ray start` records its address for later `ray.init()` calls on this machine; a stopped
+        # head's record would make them try to join a dead cluster
+        record = Path("/tmp/ray/ray_current_cluster")
+        if record.exists() and record.read_text().strip().endswith(f":{port}"):
+            record.unlink()
     log = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0 and "succeeded" in log, log[-4000:]
     assert f"{output}/samples: 15 rows" in log and "quarantined 1 x read: no readable PNG or JPEG header" in log, \

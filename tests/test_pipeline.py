@@ -197,8 +197,11 @@ def test_model_stages_declare_memory_from_their_checkpoints(tiny, tmp_path):
     assert weights > 0
     assert model_memory_bytes(str(tiny["qwen3_vl"])) == weights + (1 << 30)
     assert model_memory_bytes("s3://bucket/model") == 1 << 30  # remote: headroom only
-    two_cpus = Resources.for_cluster(2, 0)
-    actors = two_cpus.decode_actors * two_cpus.decode_cpus + 2 * two_cpus.model_cpus
-    assert actors + two_cpus.read_cpus <= 2  # the plan fits the CI machine
+    for cpus, gpus in ((2, 0), (3, 0), (16, 0), (16, 1), (48, 4)):
+        plan = Resources.for_cluster(cpus, gpus)
+        actors = plan.decode_actors * plan.decode_cpus + 2 * plan.model_cpus
+        # the actors fit, with room for a read, a prepare and a write task at once beside them
+        assert actors + plan.read_cpus * 2 + plan.write_cpus <= cpus + 1e-9, (cpus, gpus, plan)
+        assert plan.decode_cpus > 0 and plan.decode_actors >= max(1, cpus - 4), (cpus, plan)
     with pytest.raises(ValueError, match="at least 2 CPUs"):
         Resources.for_cluster(1, 0)

@@ -172,6 +172,13 @@ class MDSDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> Optional[int]:
         return sum(estimate_decoded_bytes(e, self._columns) for e in self._entries)
 
+    def num_read_tasks(self) -> int:
+        """How many read tasks `get_read_tasks` returns: pass it as `override_num_blocks` so Ray
+        does not slice each task's blocks further (slices of one block, moved between tasks,
+        are serialized with the whole block's buffers)."""
+        sizes = [estimate_decoded_bytes(e, self._columns) for e in self._entries]
+        return len(group_shards(sizes, self._shards_per_task, self._max_bytes_per_task))
+
     def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
                        data_context=None) -> list[ReadTask]:
         # Shards are never split, so `parallelism` above the shard count has no effect; below it,

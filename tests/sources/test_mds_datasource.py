@@ -51,6 +51,7 @@ def test_read_tasks_hold_a_bounded_number_of_shards_and_are_pure(dataset_path):
     assert [t.metadata.input_files for t in again] == [t.metadata.input_files for t in tasks]
     tight = MDSDatasource(str(dataset_path), shards_per_task=4, max_bytes_per_task=1)
     assert len(tight.get_read_tasks(parallelism=1)) == count
+    assert source.num_read_tasks() == len(tasks) and tight.num_read_tasks() == count
 
 
 def test_size_bytes_is_an_honest_estimate_of_the_decoded_blocks(dataset_path):
