@@ -66,11 +66,15 @@ def test_ray_job_submit_runs_the_curation_job(tmp_path):
     url = f"http://127.0.0.1:{dashboard}"
     try:
         _wait_for_dashboard(url, head)
-        submitted = subprocess.run(
-            [f"{bin_dir}/ray", "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
-             "python", "-m", "jobs.curate", "--config", str(config_path), "--input", str(data),
-             "--output", str(output), "--text-column", "text"],
-            env=env, capture_output=True, text=True, timeout=900)
+        for _ in range(30):  # the job agent comes up a little after the dashboard answers
+            submitted = subprocess.run(
+                [f"{bin_dir}/ray", "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
+                 "python", "-m", "jobs.curate", "--config", str(config_path), "--input", str(data),
+                 "--output", str(output), "--text-column", "text"],
+                env=env, capture_output=True, text=True, timeout=900)
+            if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
+                break
+            time.sleep(2)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(60)

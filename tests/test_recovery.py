@@ -159,11 +159,12 @@ def test_credentials_are_never_logged_or_stored(resumed, s3_server):
 
 class SnapshotWatcher(threading.Thread):
     """Reads every new version of `samples` while backfills run and checks each snapshot: each
-    good sample exactly once, and each backfilled shard all old rows or all new rows."""
+    good sample exactly once, and each backfilled range either all its old rows (each with the
+    run_id it had before) or all new rows from one new run, never a mix."""
 
-    def __init__(self, uri, expected_ids, ranges):
+    def __init__(self, uri, before, ranges):
         super().__init__(daemon=True)
-        self.uri, self.expected_ids, self.ranges = uri, expected_ids, ranges
+        self.uri, self.before, self.ranges = uri, before, ranges  # before: sample_id -> (shard, run_id)
         self.stop, self.versions, self.problems = threading.Event(), [], []
 
     def run(self):
@@ -173,12 +174,15 @@ class SnapshotWatcher(threading.Thread):
                 self.versions.append(table.version())
                 got = table.to_pyarrow_table(columns=["sample_id", "shard", "run_id"]).to_pylist()
                 ids = [r["sample_id"] for r in got]
-                if len(ids) != len(set(ids)) or set(ids) != self.expected_ids:
+                if len(ids) != len(set(ids)) or set(ids) != set(self.before):
                     self.problems.append((table.version(), "duplicates or missing", len(ids), len(set(ids))))
                 for shards in self.ranges:
-                    owners = {r["run_id"] for r in got if r["shard"] in shards}
-                    if len(owners) != 1:
-                        self.problems.append((table.version(), f"shards {shards} half replaced", owners))
+                    inside = [r for r in got if r["shard"] in shards]
+                    all_old = all(r["run_id"] == self.before[r["sample_id"]][1] for r in inside)
+                    new_runs = {r["run_id"] for r in inside}
+                    all_new = len(new_runs) == 1 and not new_runs & {self.before[r["sample_id"]][1] for r in inside}
+                    if not (all_old or all_new):
+                        self.problems.append((table.version(), f"shards {shards} half replaced", new_runs))
             time.sleep(0.05)
 
 
@@ -187,7 +191,7 @@ def test_two_concurrent_backfills_replace_exactly_their_ranges_atomically(resume
     output = resumed["output"]
     before = {r["sample_id"]: (r["shard"], r["run_id"]) for r in rows(output, "samples")}
     ranges = [range(2, 5), range(6, 9)]
-    watcher = SnapshotWatcher(f"{output}/samples", set(before), ranges)
+    watcher = SnapshotWatcher(f"{output}/samples", before, ranges)
     watcher.start()
     # two drivers, each with its own local Ray: they run at once, commit at once
     jobs = [curate(config_file, source_uri, output, "--shards", f"{r.start}:{r.stop}", ray_address="local")
