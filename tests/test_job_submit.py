@@ -56,11 +56,15 @@ def test_ray_job_submit_runs_the_curation_job(tmp_path):
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    port, dashboard = free_port(), free_port()
+    port, dashboard, agent_http, agent_grpc, metrics = (free_port() for _ in range(5))
     # --block: the head's processes live and die with this one, leaving other clusters alone
     head = subprocess.Popen([f"{bin_dir}/ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                              "--port", str(port), "--num-cpus", "2", "--include-dashboard", "true",
                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+                             # other clusters on this machine (the test session's) hold the default
+                             # agent ports; a head whose agent cannot bind never accepts jobs
+                             "--dashboard-agent-listen-port", str(agent_http),
+                             "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
                              "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
