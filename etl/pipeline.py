@@ -243,10 +243,10 @@ class WriteStage:
             .group_by("shard").aggregate([("bad", "sum"), ("bad", "count"), ("read_at", "max")]).to_pydict()
         shards = {shard: [count - bad, bad, read_at] for shard, bad, count, read_at in
                   zip(per_shard["shard"], per_shard["bad_sum"], per_shard["bad_count"], per_shard["read_at_max"])}
-        reasons: dict = {}
-        for reason in (bad.column(ERROR).to_pylist() if bad.num_rows else []):
-            key = f"{reason.split(':', 1)[0]}: {error_class(reason)}"
-            reasons[key] = reasons.get(key, 0) + 1
+        reasons: dict = {}  # classified once per distinct reason, not per row
+        for entry in (pc.value_counts(bad.column(ERROR)).to_pylist() if bad.num_rows else []):
+            key = f"{entry['values'].split(':', 1)[0]}: {error_class(entry['values'])}"
+            reasons[key] = reasons.get(key, 0) + entry["counts"]
         return pa.table({"table": [f["table"] for f in files] + ["counts"],
                          "file": [json.dumps(f) for f in files] + [json.dumps({"shards": shards, "reasons": reasons})]})
 

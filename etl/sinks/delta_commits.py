@@ -34,10 +34,6 @@ def open_table(uri: str):
     return DeltaTable(uri, storage_options=options) if DeltaTable.is_deltatable(uri, options) else None
 
 
-def table_exists(uri: str) -> bool:
-    return open_table(uri) is not None
-
-
 def files_meeting(table, shards: Collection[int]) -> list[dict[str, Any]]:
     """Active files whose shard range holds at least one of `shards` (or that have no stats)."""
     wanted = np.array(sorted(set(shards)), dtype=np.int64)
@@ -81,16 +77,16 @@ def _plan_replacement(uri: str, table, shards: Collection[int], tag: str,
         if path in own:
             continue
         data, _ = storage.read_file(fs, storage.join(root, path))
-        rows = pq.read_table(pa.BufferReader(data))
-        hit = pc.is_in(rows.column("shard"), value_set=wanted)
+        # the shard column decides; the whole file is decoded only when it must be rewritten
+        hit = pc.is_in(pq.read_table(pa.BufferReader(data), columns=["shard"]).column("shard"), value_set=wanted)
         hits = pc.sum(hit).as_py() or 0
         if not hits:
             continue
         bucket = action.get(f"partition.{PARTITION_COLUMN}")
         removes.append(RemoveAction(path=path, data_change=True, deletion_timestamp=now, size=action["size_bytes"],
                                     partition_values={PARTITION_COLUMN: None if bucket is None else str(bucket)}))
-        if hits < rows.num_rows:
-            keep = rows.filter(pc.invert(hit))
+        if hits < len(hit):
+            keep = pq.read_table(pa.BufferReader(data)).filter(pc.invert(hit))
             kept_path = f"{PARTITION_COLUMN}={bucket}/part-{tag}-keep-{uuid.uuid4().hex[:8]}.parquet"
             rewritten.append(file_entry(fs, root, kept_path, keep, bucket))
     return removes, rewritten

@@ -80,19 +80,11 @@ def test_concurrent_replacements_of_disjoint_ranges_both_land(table_uri):
     """Two processes replace neighbouring ranges 8 times each while files straddle the border:
     every shard ends with exactly its rows, from the writer that owns it (conditional PUTs and
     re-planning on conflict; a lost update would duplicate or drop the straddling rows)."""
-    import os
 
     commit_files(table_uri, SCHEMA, write(table_uri, list(range(8)), "seed", "seed"), {"run_id": "seed"})
-    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_replace_repeatedly, args=(table_uri, shards, 8, tag, env))
-               for shards, tag in (([0, 1, 2, 3], "left"), ([4, 5, 6, 7], "right"))]
     started = time.monotonic()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(240)
-        assert worker.exitcode == 0
+    run_in_processes(_replace_repeatedly, [(table_uri, shards, 8, tag) for shards, tag in
+                                           (([0, 1, 2, 3], "left"), ([4, 5, 6, 7], "right"))])
     got = state(table_uri)
     assert len(got) == len(set(got)) == 8 * 6, time.monotonic() - started
     owners = {s: run for s, _, run in got}
@@ -101,17 +93,23 @@ def test_concurrent_replacements_of_disjoint_ranges_both_land(table_uri):
     assert open_table(table_uri).version() == 16  # seed + 8 + 8 commits, none lost
 
 
-def test_concurrent_appends_lose_nothing(table_uri):
+def run_in_processes(target, argument_lists):
+    """Run `target(*arguments, aws_env)` in one spawned process per argument list, all at once;
+    each must exit cleanly."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_append_repeatedly, args=(table_uri, base, 10, env)) for base in (0, 100)]
+    workers = [context.Process(target=target, args=(*arguments, env)) for arguments in argument_lists]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(240)
         assert worker.exitcode == 0
+
+
+def test_concurrent_appends_lose_nothing(table_uri):
+    run_in_processes(_append_repeatedly, [(table_uri, base, 10) for base in (0, 100)])
     got = state(table_uri)
     assert len(got) == len(set(got)) == 20 * 6
     assert open_table(table_uri).version() == 19
