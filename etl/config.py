@@ -25,6 +25,7 @@ class ReadConfig(_Section):
     text_column: Optional[str] = None
     id_column: Optional[str] = None         # None: sample_id derived from (shard, row)
     shards_per_task: int = Field(2, ge=1)
+    max_task_mb: int = Field(256, ge=1)    # a read task stops adding shards past this (decoded) size
     verify_hashes: list[str] = []
 
 
@@ -49,8 +50,15 @@ class CaptionerConfig(_Section):
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.0, ge=0.0)
     seed: int = 0
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1)             # samples per generate call
     max_model_len: int = Field(8192, ge=256)
+    frames_as: Literal["images", "video"] = "images"  # how a sample's frames reach the model
+    video_fps: float = Field(1.0, gt=0)          # the rate the frames were sampled at (timestamps)
+    # vLLM engine settings (ignored by the transformers backend)
+    tensor_parallel_size: int = Field(1, ge=1, le=8)
+    gpu_memory_utilization: float = Field(0.85, gt=0.1, le=0.98)
+    max_num_seqs: int = Field(64, ge=1)          # requests the engine batches at once
+    mm_cache_gb: float = Field(4.0, ge=0.0)      # vLLM's multimodal processor cache (host RAM)
 
 
 class EncoderConfig(_Section):
@@ -75,6 +83,33 @@ class SinkConfig(_Section):
     commit_every_files: int = Field(256, ge=1)      # files pending
 
 
+class DecodeResources(_Section):
+    actors: Optional[int] = Field(None, ge=1)                 # None: as many as the CPUs left allow
+    cpus_per_actor: Optional[float] = Field(None, gt=0, le=64)  # None: 1 (less on a very small machine)
+    memory_mb: int = Field(768, ge=64)                        # measured peak of one actor: ~700 MiB
+
+
+class CaptionerResources(_Section):
+    engines: Optional[int] = Field(None, ge=1)           # None: every engine that fits
+    engines_per_node: Optional[int] = Field(None, ge=1)  # None: as many as a node's GPUs, RAM and CPUs allow
+    cpus_per_engine: Optional[float] = Field(None, gt=0)  # None: 4 beside a GPU, 0.4 on CPU-only machines
+
+
+class EncoderResources(_Section):
+    actors: Optional[int] = Field(None, ge=1)            # None: one per engine GPU (one on CPU-only machines)
+    cpus_per_actor: Optional[float] = Field(None, gt=0)   # None: 1 beside a GPU, 0.4 on CPU-only machines
+    gpu_share: float = Field(0.15, gt=0.0, lt=1.0)        # of a GPU it shares with an engine
+
+
+class ResourcesConfig(_Section):
+    """What each stage asks Ray for. `python -m jobs.plan` shows what this gives on a cluster."""
+
+    decode: DecodeResources = DecodeResources()
+    captioner: CaptionerResources = CaptionerResources()
+    encoder: EncoderResources = EncoderResources()
+    gpu_memory_gb: Optional[float] = Field(None, gt=0)  # per GPU, for accelerators the planner does not know
+
+
 class RayConfig(_Section):
     address: Optional[str] = None   # None: join the cluster of `ray job submit`, else start one
     # Object store bytes the job's in-flight blocks may hold (None: Ray Data's default share of the
@@ -89,6 +124,7 @@ class JobConfig(_Section):
     frames: FramesConfig = FramesConfig()
     models: ModelsConfig = ModelsConfig()
     sink: SinkConfig = SinkConfig()
+    resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
     max_error_fraction: float = Field(0.01, ge=0.0, le=1.0)  # above it, the run fails
 

@@ -52,57 +52,11 @@ def choose_image_column(encodings: dict[str, str], requested: Optional[str]) -> 
     raise ValueError(f"several image columns {candidates}: choose one with --image-column")
 
 
-@dataclass(frozen=True)
-class Resources:
-    """Per-stage resources sized from the cluster, so the plan always fits (2 CPUs included)."""
-
-    read_cpus: float
-    decode_actors: int
-    decode_cpus: float
-    model_cpus: float
-    model_gpus: float
-    write_cpus: float
-
-    # Read, prepare and write tasks do light Arrow work; their small share lets all three run
-    # at once beside the actors (with 0.25 each and the actors taking the rest, they queued
-    # behind one another and starved the actors of input).
-    TASK_CPUS = 0.1
-    TASKS_ROOM = 0.5  # logical CPUs left for tasks: up to five at once
-
-    @classmethod
-    def for_cluster(cls, cpus: float, gpus: float) -> "Resources":
-        if cpus < 2:
-            raise ValueError(f"the job needs at least 2 CPUs, the cluster has {cpus}")
-        # one GPU per model actor when there are two; one GPU shared by both; else CPU models
-        model_gpus = 1.0 if gpus >= 2 else 0.5 if gpus >= 1 else 0.0
-        model_cpus = 1.0 if gpus >= 2 else 0.4
-        for_decode = cpus - cls.TASKS_ROOM - 2 * model_cpus
-        decode_actors = max(1, round(for_decode))
-        return cls(read_cpus=cls.TASK_CPUS, decode_actors=decode_actors,
-                   decode_cpus=min(1.0, for_decode / decode_actors), model_cpus=model_cpus,
-                   model_gpus=model_gpus, write_cpus=cls.TASK_CPUS)
-
-
 FRAMES, TEXT = "_frames", "_text"  # internal names: no input column can collide with an output
 READ_AT = "_read_at"  # when the row left the read task (unix s): shows commits overlapping reads
 
 
-_HEADROOM_BYTES = 1 << 30  # interpreter, torch/transformers, activations of a batch
-
-
-def model_memory_bytes(*paths: str) -> int:
-    """Host memory an actor needs to load these checkpoints: their weight files, plus headroom.
-    Remote URIs (not on this disk) count only the headroom; the planner sizes real clusters."""
-    total = 0
-    for path in paths:
-        root = Path(path)
-        if root.is_dir():
-            total += sum(f.stat().st_size for f in root.rglob("*") if f.suffix in (".safetensors", ".bin", ".pt"))
-    return total + _HEADROOM_BYTES
-
-
 _DECODE_BUDGET_BYTES = 64 << 20  # decoded pixels per decode batch
-_READ_BLOCK_BYTES = 16 << 20     # encoded bytes per read block: small enough to pipeline
 
 
 class Prepare:
@@ -139,11 +93,13 @@ class CaptionStage:
         from etl.models.captioner import CAPTIONERS
 
         settings = config.models.captioner
-        extra = {"max_model_len": settings.max_model_len, "max_frames": config.frames.max_frames} \
-            if settings.backend == "vllm" else {}
+        engine = dict(max_model_len=settings.max_model_len, max_frames=config.frames.max_frames,
+                      tensor_parallel_size=settings.tensor_parallel_size, max_num_seqs=settings.max_num_seqs,
+                      gpu_memory_utilization=settings.gpu_memory_utilization, mm_cache_gb=settings.mm_cache_gb)
         self.captioner = CAPTIONERS[settings.backend](
             settings.model, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            seed=settings.seed, **extra)
+            seed=settings.seed, frames_as=settings.frames_as, video_fps=settings.video_fps,
+            **(engine if settings.backend == "vllm" else {}))
         self.text_column, self.batch_size = text_column, settings.batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -175,14 +131,15 @@ class EncodeStage:
     frame_embeddings and latents (per frame) as tensor columns."""
 
     def __init__(self, config: JobConfig):
-        from etl.models.encoders import ImageEmbedder, LatentEncoder
+        from etl.models.encoders import FrameEncoders
 
         models = config.models
-        self.embedder = ImageEmbedder(models.embedder.model, batch_size=models.embedder.batch_size)
-        self.vae = LatentEncoder(models.vae.model, batch_size=models.vae.batch_size)
+        self.encoders = FrameEncoders(models.embedder.model, models.vae.model,
+                                      embedder_batch_size=models.embedder.batch_size,
+                                      vae_batch_size=models.vae.batch_size)
         size = config.frames.crop_size
-        self.embedding_type = pa.fixed_shape_tensor(pa.float32(), [self.embedder.dim])
-        self.latent_type = pa.fixed_shape_tensor(pa.float32(), list(self.vae.latent_shape(size, size)))
+        self.embedding_type = pa.fixed_shape_tensor(pa.float32(), [self.encoders.embedder.dim])
+        self.latent_type = pa.fixed_shape_tensor(pa.float32(), list(self.encoders.vae.latent_shape(size, size)))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from etl.models.encoders import pool_per_sample
@@ -190,16 +147,18 @@ class EncodeStage:
         crops = batch.column("crops").combine_chunks()
         counts = np.diff(np.asarray(crops.offsets))
         flat = crops.flatten()
-        frames = flat.to_numpy_ndarray() if len(flat) else np.zeros((0, 1, 1, 3), np.uint8)
-        embeddings = self.embedder(frames) if len(frames) else np.zeros((0, self.embedder.dim), np.float32)
-        latents = self.vae(frames) if len(frames) else np.zeros((0, *self.latent_type.shape), np.float32)
+        if len(flat):
+            embeddings, latents = self.encoders(flat.to_numpy_ndarray())
+        else:
+            embeddings = np.zeros((0, self.embedding_type.shape[0]), np.float32)
+            latents = np.zeros((0, *self.latent_type.shape), np.float32)
         offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
         per_frame = lambda values, kind: pa.ListArray.from_arrays(
             offsets, pa.ExtensionArray.from_storage(kind, pa.FixedSizeListArray.from_arrays(
                 pa.array(values.reshape(-1)), int(np.prod(kind.shape)))))
         pooled = pool_per_sample(embeddings, counts)
         pooled = pa.ExtensionArray.from_storage(self.embedding_type, pa.FixedSizeListArray.from_arrays(
-            pa.array(pooled.reshape(-1)), self.embedder.dim))
+            pa.array(pooled.reshape(-1)), self.embedding_type.shape[0]))
         return (batch.drop_columns(["crops"])
                 .append_column("embedding", pooled)
                 .append_column("frame_embeddings", per_frame(embeddings, self.embedding_type))
@@ -288,6 +247,7 @@ class RunSummary:
     shards_read_after_first_commit: int = 0
     commit_times: list[float] = field(default_factory=list)   # unix seconds of each commit round
     stage_stats: str = ""
+    plan: str = ""                       # what each stage got on this cluster (planner.Plan.describe)
 
 
 def plan_shards(config: JobConfig, schemas: dict, shard_count: int, resume: bool) -> tuple[list[int], list[int], str]:
@@ -366,8 +326,6 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     encodings = dict(zip(entries[0].column_names, entries[0].column_encodings)) if entries else {}
     image_column = choose_image_column(encodings, config.read.image_column)
     columns = [c for c in (image_column, config.read.text_column, config.read.id_column) if c]
-    cluster = ray.cluster_resources()
-    resources = Resources.for_cluster(cluster.get("CPU", 0), cluster.get("GPU", 0))
 
     from etl.models.encoders import embedding_dim, latent_shape
 
@@ -383,43 +341,48 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     if resume and config.sink.format == "delta":
         remove_unfinished_rows(config.output, schemas, run_id, todo)
 
+    from etl import planner
+    from etl.sources.mds_datasource import estimate_decoded_bytes
+
+    # The same plan `python -m jobs.plan` prints, against the live cluster: refused before any work
+    sizes = [estimate_decoded_bytes(entries[s], columns) for s in todo]
+    plan = planner.plan(planner.nodes_from_ray(ray.nodes()), config, planner.footprints_of(config), sizes)
     spec = FrameSpec(min_pixels=config.frames.min_pixels, max_pixels=config.frames.max_pixels,
                      crop_size=crop, max_image_pixels=config.frames.max_image_pixels,
                      use_draft=config.frames.use_draft)
     source = MDSDatasource(config.input, shards=todo, columns=columns,
                            verify_hashes=config.read.verify_hashes, shards_per_task=config.read.shards_per_task,
                            on_bad_shard="quarantine", max_image_pixels=config.frames.max_image_pixels,
-                           block_bytes=_READ_BLOCK_BYTES)
+                           block_bytes=planner.READ_BLOCK_BYTES, max_bytes_per_task=config.read.max_task_mb << 20)
     decode_rows = max(1, _DECODE_BUDGET_BYTES // (config.frames.max_frames * FrameDecodeStage.pixel_bytes_per_frame(spec)))
-    models = config.models
     dataset = (
-        ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(), num_cpus=resources.read_cpus)
+        ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(), num_cpus=plan.task_cpus,
+                                 memory=plan.read_task_memory)
         .map_batches(Prepare(image_column, config.read.text_column, config.read.id_column, config.sink.buckets),
                      batch_format="pyarrow",
-                     num_cpus=resources.read_cpus)
+                     num_cpus=plan.task_cpus)
         .map_batches(FrameDecodeStage, fn_constructor_args=(FRAMES, spec, ERROR), batch_format="pyarrow",
-                     batch_size=decode_rows, num_cpus=resources.decode_cpus,
-                     memory=3 * _DECODE_BUDGET_BYTES + (256 << 20),  # input block + views + output
-                     compute=ActorPoolStrategy(size=resources.decode_actors))
+                     batch_size=decode_rows, num_cpus=plan.decode_cpus, memory=plan.decode_memory,
+                     compute=ActorPoolStrategy(size=plan.decode_actors))
         .map_batches(CaptionStage, fn_constructor_args=(config, TEXT if config.read.text_column else None),
                      batch_format="pyarrow",
-                     batch_size=config.models.captioner.batch_size * 4, num_cpus=resources.model_cpus,
-                     num_gpus=resources.model_gpus, memory=model_memory_bytes(models.captioner.model),
-                     compute=ActorPoolStrategy(size=1))
+                     batch_size=config.models.captioner.batch_size * 4, num_cpus=plan.engine_cpus,
+                     num_gpus=plan.engine_gpus, memory=plan.engine_memory,
+                     compute=ActorPoolStrategy(size=plan.engines))
         .map_batches(EncodeStage, fn_constructor_args=(config,), batch_format="pyarrow",
-                     batch_size=config.models.embedder.batch_size, num_cpus=resources.model_cpus,
-                     num_gpus=resources.model_gpus, memory=model_memory_bytes(models.embedder.model, models.vae.model),
-                     compute=ActorPoolStrategy(size=1))
+                     batch_size=config.models.embedder.batch_size, num_cpus=plan.encoder_cpus,
+                     num_gpus=plan.encoder_gpus, memory=plan.encoder_memory,
+                     compute=ActorPoolStrategy(size=plan.encoders))
         .map_batches(WriteStage(config.output, schemas, run_id, {
                         "captioner": config.models.captioner.model, "embedder": config.models.embedder.model,
                         "vae": config.models.vae.model}),
-                     batch_format="pyarrow", batch_size=config.sink.rows_per_write, num_cpus=resources.write_cpus)
+                     batch_format="pyarrow", batch_size=config.sink.rows_per_write, num_cpus=plan.task_cpus)
     )
 
     if config.ray.object_store_budget_mb:
         options = ray.data.DataContext.get_current().execution_options
         options.resource_limits = options.resource_limits.copy(object_store_memory=config.ray.object_store_budget_mb << 20)
-    summary = RunSummary(run_id, config.output, mode=mode, shards=todo, skipped_shards=skipped)
+    summary = RunSummary(run_id, config.output, mode=mode, shards=todo, skipped_shards=skipped, plan=plan.describe())
     committer = RunCommitter(
         config.output, schemas, run_id, config.model_dump_json(), {s: entries[s].samples for s in todo},
         format=config.sink.format, mode=mode, max_error_fraction=config.max_error_fraction,

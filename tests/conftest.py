@@ -42,3 +42,11 @@ def ray_local():
     ray.data.DataContext.get_current().print_on_execution_start = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Tiny random-weight Qwen3-VL, CLIP and VAE checkpoints, built once per session."""
+    from etl.models.tiny import ensure_tiny_models
+
+    return ensure_tiny_models(tmp_path_factory.mktemp("tiny-models"))

@@ -9,7 +9,6 @@ import pytest
 
 from etl.config import load_config
 from etl.mds import MDSWriter
-from etl.models.tiny import ensure_tiny_models
 from etl.synthetic import jpeg_frames
 from schemas.tables import quarantine_schema, restore, runs_schema, samples_schema, storage_schema
 
@@ -33,11 +32,6 @@ def dataset(tmp_path_factory):
     index = json.loads((path / "index.json").read_text())
     assert len(index["shards"]) == SHARDS, [s["samples"] for s in index["shards"]]
     return path, {i: s["samples"] for i, s in enumerate(index["shards"])}, broken
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return ensure_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 def _config(dataset_path, output, tiny, **extra):
@@ -190,18 +184,20 @@ def test_embeddings_and_latents_reach_torch_as_tensors(two_runs):
     assert latent_batch["latent"].shape == (16, 4, 8, 8)
 
 
-def test_model_stages_declare_memory_from_their_checkpoints(tiny, tmp_path):
-    from etl.pipeline import Resources, model_memory_bytes
+def test_the_run_asks_ray_for_what_the_planner_placed_on_this_cluster(two_runs):
+    _, summaries = two_runs
+    plan = summaries[0].plan
+    # the session cluster: one node, 2 CPUs, no GPU -> one CPU captioner, one encoder, one decode actor
+    assert "captioner (transformers): 1 x [0.4 CPU, 0 GPU" in plan
+    assert "encoders: 1 x [0.4 CPU, 0 GPU" in plan and "decode: 1 x [0.7 CPU" in plan
 
-    weights = sum(f.stat().st_size for f in tiny["qwen3_vl"].rglob("*.safetensors"))
-    assert weights > 0
-    assert model_memory_bytes(str(tiny["qwen3_vl"])) == weights + (1 << 30)
-    assert model_memory_bytes("s3://bucket/model") == 1 << 30  # remote: headroom only
-    for cpus, gpus in ((2, 0), (3, 0), (16, 0), (16, 1), (48, 4)):
-        plan = Resources.for_cluster(cpus, gpus)
-        actors = plan.decode_actors * plan.decode_cpus + 2 * plan.model_cpus
-        # the actors fit, with room for a read, a prepare and a write task at once beside them
-        assert actors + plan.read_cpus * 2 + plan.write_cpus <= cpus + 1e-9, (cpus, gpus, plan)
-        assert plan.decode_cpus > 0 and plan.decode_actors >= max(1, cpus - 4), (cpus, plan)
-    with pytest.raises(ValueError, match="at least 2 CPUs"):
-        Resources.for_cluster(1, 0)
+
+def test_a_config_that_does_not_fit_the_cluster_is_refused_before_any_work(dataset, tiny, tmp_path, ray_local):
+    from etl import pipeline
+    from etl.planner import PlanError
+
+    path, _, _ = dataset
+    config = _config(path, tmp_path / "out", tiny, **{"resources.decode.actors": 4})
+    with pytest.raises(PlanError, match=r"resources.decode.actors=4 .* set resources.decode.actors <= 1"):
+        pipeline.run(config)
+    assert not (tmp_path / "out").exists()

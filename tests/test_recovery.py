@@ -18,18 +18,12 @@ import yaml
 from etl import ledger, storage
 from etl.mds import MDSWriter
 from etl.sinks.delta_commits import open_table
-from etl.models.tiny import ensure_tiny_models
 from etl.synthetic import jpeg_frames
 from tests.s3_server import SECRET_KEY, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = 96
 BROKEN = {17: "truncated", 58: "garbage"}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return ensure_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

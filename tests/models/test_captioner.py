@@ -4,7 +4,6 @@ import pytest
 from etl.models.captioner import (
     CAPTION_SCHEMA, SYSTEM_PROMPT, CaptionSample, TransformersCaptioner, build_messages, parse_answer,
 )
-from etl.models.tiny import ensure_tiny_models
 from etl.synthetic import jpeg_frames
 from etl.transforms.frames import FrameSpec, decode_sample
 
@@ -41,9 +40,8 @@ def test_prompt_puts_the_shared_system_prompt_first_and_one_image_per_frame():
 
 
 @pytest.fixture(scope="module")
-def captioner(tmp_path_factory):
-    paths = ensure_tiny_models(tmp_path_factory.mktemp("tiny"))
-    return TransformersCaptioner(str(paths["qwen3_vl"]), max_new_tokens=12, temperature=0.8, seed=7), paths
+def captioner(tiny):
+    return TransformersCaptioner(str(tiny["qwen3_vl"]), max_new_tokens=12, temperature=0.8, seed=7), tiny
 
 
 def test_tiny_qwen3_vl_captions_multi_frame_samples_repeatably(captioner):
@@ -96,3 +94,55 @@ def test_the_vllm_backend_is_importable_and_reports_what_it_needs():
     except ImportError:
         with pytest.raises(ImportError):
             VLLMCaptioner("unused")
+
+
+def test_video_mode_sends_same_size_frames_as_one_video_and_other_samples_as_images(captioner):
+    from etl.models.captioner import goes_as_video
+
+    model, paths = captioner
+    video = TransformersCaptioner(str(paths["qwen3_vl"]), max_new_tokens=6, temperature=0.8, seed=7,
+                                  frames_as="video", video_fps=2.0)
+    rng = np.random.default_rng(0)
+    clip = [rng.integers(0, 255, (64, 96, 3), np.uint8) for _ in range(5)]
+    mixed = [clip[0], rng.integers(0, 255, (96, 64, 3), np.uint8)]
+    samples = [CaptionSample(clip, None, "clip"), CaptionSample(mixed, None, "mixed"), CaptionSample(clip[:1], None, "one")]
+    assert [goes_as_video(s, "video") for s in samples] == [True, False, False]
+    assert not goes_as_video(samples[0], "images")
+    prompt = video.processor.apply_chat_template(build_messages(5, None, as_video=True), add_generation_prompt=True,
+                                                 tokenize=False)
+    assert prompt.count("<|video_pad|>") == 1 and "<|image_pad|>" not in prompt
+    results = video.caption(samples)
+    assert len(results) == 3 and all(isinstance(r.caption, str) for r in results)
+    assert video.caption(samples[:1])[0].raw == results[0].raw  # per-sample seeds: repeatable in any batch
+
+
+def test_vllm_video_requests_carry_the_frames_and_their_timing(captioner):
+    from etl.models.captioner import vllm_requests
+
+    model, _ = captioner
+    clip = [np.full((64, 96, 3), i, np.uint8) for i in range(4)]
+    video, images = vllm_requests(model.processor, [CaptionSample(clip, "x"), CaptionSample(clip[:1])], "video", 2.0)
+    frames, metadata = video["multi_modal_data"]["video"][0]
+    assert frames.shape == (4, 64, 96, 3) and frames[3, 0, 0, 0] == 3
+    assert metadata["fps"] == 2.0 and metadata["duration"] == 2.0 and metadata["frames_indices"] == [0, 1, 2, 3]
+    assert video["mm_processor_kwargs"] == {"do_sample_frames": False}
+    assert video["prompt"].count("<|video_pad|>") == 1
+    assert len(images["multi_modal_data"]["image"]) == 1 and "mm_processor_kwargs" not in images
+
+
+def test_vllm_engine_arguments_come_from_the_config():
+    from etl.config import load_config
+    from etl.models.captioner import vllm_engine_kwargs
+
+    settings = load_config(None, {"input": "i", "output": "o", "models.captioner.max_model_len": 16384,
+                                  "models.captioner.max_num_seqs": 128, "models.captioner.tensor_parallel_size": 2,
+                                  "models.captioner.frames_as": "video"}).models.captioner
+    kwargs = vllm_engine_kwargs("/m", max_model_len=settings.max_model_len, max_frames=10, frames_as=settings.frames_as,
+                                tensor_parallel_size=settings.tensor_parallel_size, max_num_seqs=settings.max_num_seqs,
+                                gpu_memory_utilization=settings.gpu_memory_utilization, mm_cache_gb=settings.mm_cache_gb)
+    assert kwargs["enable_prefix_caching"] is True
+    assert (kwargs["max_model_len"], kwargs["max_num_seqs"], kwargs["tensor_parallel_size"]) == (16384, 128, 2)
+    assert kwargs["limit_mm_per_prompt"] == {"image": 10, "video": 1}
+    assert kwargs["distributed_executor_backend"] == "mp"  # TP workers inside the actor that holds the GPUs
+    single = vllm_engine_kwargs("/m", max_model_len=8192, max_frames=4)
+    assert single["limit_mm_per_prompt"] == {"image": 4, "video": 0} and "distributed_executor_backend" not in single

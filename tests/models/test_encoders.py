@@ -5,11 +5,6 @@ from etl.models.encoders import ImageEmbedder, LatentEncoder, pool_per_sample
 from etl.models.tiny import ensure_tiny_models
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return ensure_tiny_models(tmp_path_factory.mktemp("tiny"))
-
-
 def _frames(count, size=224, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
@@ -66,3 +61,17 @@ def test_pooling_per_sample_follows_frame_counts():
     np.testing.assert_allclose(pooled[0], np.array([1, 1, 0, 0]) / np.sqrt(2), rtol=1e-6)
     assert not pooled[1].any()  # a sample with no frames has no embedding
     np.testing.assert_allclose(np.linalg.norm(pooled[2]), 1.0, rtol=1e-6)
+
+
+def test_both_encoders_on_one_upload_match_each_alone(tiny):
+    from etl.models.encoders import FrameEncoders, FrameUpload
+
+    frames = _frames(5, size=64)
+    together = FrameEncoders(str(tiny["clip"]), str(tiny["vae"]), embedder_batch_size=2, vae_batch_size=3)
+    embeddings, latents = together(frames)
+    np.testing.assert_allclose(embeddings, ImageEmbedder(str(tiny["clip"]))(frames), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(latents, LatentEncoder(str(tiny["vae"]))(frames), rtol=1e-5, atol=1e-6)
+    assert embeddings.shape == (5, 16) and latents.shape == (5, 4, 8, 8)
+    uploaded = FrameUpload("cpu")(frames)
+    assert uploaded.shape == (5, 3, 64, 64) and uploaded.dtype.is_floating_point is False
+    assert int(uploaded[1, 2, 3, 4]) == frames[1, 3, 4, 2]

@@ -1,0 +1,87 @@
+"""What a curation job gets on a cluster, checked before launch.
+
+    python -m jobs.plan --cluster cluster/aws.yaml --config jobs/configs/production.yaml
+    python -m jobs.plan --cluster cluster/kuberay/raycluster.yaml --config ... --assume-shards 966x266MB
+
+Prints, per node type, the engines, encoders, decode actors and task slots, and what each unit
+asks Ray for; exits 1 naming the fix when the config oversubscribes CPUs, GPU memory or RAM.
+Model sizes come from the checkpoints the config names; shard sizes from the input's index, or
+from --assume-shards when the input is not written yet. `jobs.curate` runs the same check.
+"""
+
+import argparse
+import re
+import sys
+
+_SIZE = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)(B|KB|MB|GB|KiB|MiB|GiB)$")
+_UNITS = {"B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def parse_assumed_shards(text: str) -> list[int]:
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise ValueError(f"--assume-shards {text!r}: expected COUNTxSIZE, e.g. 966x266MB (units {list(_UNITS)})")
+    count, size, unit = match.groups()
+    return [int(float(size) * _UNITS[unit])] * int(count)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.plan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cluster", required=True, help="Ray cluster launcher YAML or KubeRay RayCluster/RayJob")
+    parser.add_argument("--config", required=True, help="the job's YAML config")
+    parser.add_argument("--input", help="MDS dataset root (default: the config's input)")
+    parser.add_argument("--shards", help="shard range A:B of the input index")
+    parser.add_argument("--assume-shards", help="plan for COUNTxSIZE shards (e.g. 966x266MB) instead of reading the index")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    args = parser.parse_args(argv)
+
+    from etl import planner
+    from etl.config import ConfigError, load_config
+    from jobs.curate import parse_sets
+
+    try:
+        in_file = _file_keys(args.config)
+        # planning needs neither an output nor, with --assume-shards, an input
+        placeholders = {key: "(not used for planning)" for key in ("output", "input")
+                        if key not in in_file and (key == "output" or args.assume_shards)}
+        given = {"input": args.input, "read.shards": args.shards, **parse_sets(args.set)}
+        config = load_config(args.config, {**placeholders, **{k: v for k, v in given.items() if v is not None}})
+    except (ConfigError, OSError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        nodes = planner.load_cluster(args.cluster)
+        sizes = parse_assumed_shards(args.assume_shards) if args.assume_shards else _shard_sizes(config)
+        plan = planner.plan(nodes, config, planner.footprints_of(config), sizes)
+    except (planner.PlanError, ValueError, OSError) as exc:
+        print(f"plan refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"cluster {args.cluster}, config {args.config}:")
+    print(plan.describe())
+    return 0
+
+
+def _file_keys(path: str) -> set:
+    import yaml
+
+    with open(path) as handle:
+        data = yaml.safe_load(handle)
+    return set(data) if isinstance(data, dict) else set()
+
+
+def _shard_sizes(config) -> list[int]:
+    """Decoded sizes of the selected shards, as the job's read tasks group them."""
+    from etl import storage
+    from etl.mds import load_index
+    from etl.sources.mds_datasource import estimate_decoded_bytes
+    from etl.sources.shard_selection import select_shards
+
+    fs, root = storage.resolve(config.input)
+    entries = load_index(fs, root)
+    return [estimate_decoded_bytes(entries[s], entries[s].column_names)
+            for s in select_shards(config.read.shards, len(entries))]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

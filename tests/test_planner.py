@@ -1,0 +1,186 @@
+import json
+import os
+
+import pytest
+
+from etl import planner
+from etl.config import load_config
+from etl.planner import GIB, Footprints, ModelFootprint, NodeType, PlanError
+
+# Qwen3-VL-8B-like: 17.5 GB of bf16 weights; 36 layers x 8 KV heads x 128 dims; 32 px per token side
+QWEN_8B = ModelFootprint(int(17.5e9), 2 * 36 * 8 * 128 * 2, 32, 2)
+ENCODERS = ModelFootprint(int(1.0e9))  # SigLIP-so400m + SD VAE
+FIELD_SHARDS = [266_000_000] * 966
+
+
+def production(**overrides):
+    return load_config(None, {"input": "s3://in", "output": "s3://out", "models.captioner.backend": "vllm",
+                              "frames.max_pixels": 448 * 448, **overrides})
+
+
+def gib_node(name, cpus, ram_gib, gpus=0, accelerator=None, count=1):
+    """A node of `ram_gib` physical memory: Ray schedules 70% of it, the object store has 30%."""
+    return NodeType(name, cpus, int(ram_gib * 0.7 * GIB), gpus, accelerator, count=count,
+                    object_store_bytes=int(ram_gib * 0.3 * GIB))
+
+
+def test_field_report_160_preprocessors_and_20_four_cpu_engines_on_56_cpus_is_refused():
+    config = production(**{"resources.decode.actors": 160, "resources.captioner.engines": 20,
+                           "resources.captioner.cpus_per_engine": 4})
+    with pytest.raises(PlanError) as refused:
+        planner.plan([gib_node("gpu", 56, 512, 8, "A100-80G")], config, Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    message = str(refused.value)
+    assert "resources.captioner.engines=20 but the cluster holds 8" in message
+    assert "resources.decode.actors=160" in message and "the cluster has 56 CPUs" in message
+    # the fix it names is one that fits
+    fixed = int(message.split("set resources.decode.actors <= ")[1].split(",")[0])
+    plan = planner.plan([gib_node("gpu", 56, 512, 8, "A100-80G")],
+                        production(**{"resources.decode.actors": fixed, "resources.captioner.cpus_per_engine": 4}),
+                        Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    used = plan.nodes[0].cpus_used
+    assert plan.decode_actors == fixed and plan.engines == 8 and used <= 56
+
+
+def test_field_report_two_engines_on_a_64_gb_node_are_refused_one_fits():
+    nodes = [gib_node("g5-2gpu", 16, 64, 2, "L40S", count=4)]
+    with pytest.raises(PlanError, match=r"engines_per_node=2 does not fit; its RAM fit 1"):
+        planner.plan(nodes, production(**{"resources.captioner.engines_per_node": 2}),
+                     Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    plan = planner.plan(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    assert plan.nodes[0].engines == 1 and plan.engines == 4
+    # the second GPU is left whole, so the encoders get it rather than a share
+    assert plan.nodes[0].encoders == 1 and plan.encoder_gpus == 1.0 and plan.engine_gpus == 1.0
+    # and two engines do fit where the RAM is there
+    roomy = planner.plan([gib_node("big", 32, 192, 2, "L40S")], production(), Footprints(QWEN_8B, ENCODERS),
+                         FIELD_SHARDS)
+    assert roomy.nodes[0].engines == 2
+
+
+def test_field_report_16_read_tasks_for_966_shards_of_266_mb_is_refused_and_defaults_give_one_per_shard():
+    nodes = [gib_node("gpu", 48, 384, 4, "L40S", count=4), gib_node("cpu", 64, 256, count=8)]
+    with pytest.raises(PlanError, match=r"966 shards in only 16 read tasks .* set read.shards_per_task <= 1"):
+        planner.plan(nodes, production(**{"read.shards_per_task": 61, "read.max_task_mb": 20_000}),
+                     Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    plan = planner.plan(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    assert (plan.read_tasks, plan.shards_per_task) == (966, 1)
+    assert plan.read_task_memory == 266_000_000 + 3 * planner.READ_BLOCK_BYTES  # one shard + its blocks
+    description = plan.describe()
+    assert "966 shards in 966 tasks" in description and "cpu" in description and "4xL40S" in description
+
+
+def test_every_node_fits_what_is_placed_on_it():
+    nodes = [gib_node("gpu", 48, 384, 4, "L40S", count=4), gib_node("cpu", 64, 256, count=8)]
+    plan = planner.plan(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    for node in plan.nodes:
+        assert node.cpus_used <= node.node_type.cpus
+        assert node.memory_bytes <= node.node_type.memory_bytes
+    gpu = plan.nodes[0]
+    assert gpu.engines == 4 and gpu.encoders == 4            # one engine per GPU, an encoder beside each
+    assert plan.engine_gpus + plan.encoder_gpus == 1.0
+    assert plan.engines == 16 and plan.encoders == 16
+    assert plan.decode_actors == sum(n.decode_actors * n.node_type.count for n in plan.nodes)
+
+
+def test_engine_that_does_not_fit_gpu_memory_names_tensor_parallelism():
+    nodes = [gib_node("a10g", 48, 192, 4, "A10G")]
+    long = {"models.captioner.max_model_len": 32768}  # 4.5 GiB of KV beside 16.3 GiB of weights
+    with pytest.raises(PlanError, match=r"needs .* per GPU .* set models.captioner.tensor_parallel_size=2"):
+        planner.plan(nodes, production(**long), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    assert planner.plan(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS).engines == 4  # 8K fits
+    plan = planner.plan(nodes, production(**long, **{"models.captioner.tensor_parallel_size": 2,
+                                                     "resources.captioner.engines_per_node": 1}),
+                        Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    assert plan.engine_gpus == 2 and plan.nodes[0].encoders == 2 and plan.encoder_gpus == 1.0
+
+
+def test_token_budget_and_unknown_gpu_and_missing_gpus_are_refused():
+    nodes = [gib_node("gpu", 48, 384, 4, "L40S")]
+    with pytest.raises(PlanError, match=r"raise it to >= \d+"):
+        planner.plan(nodes, production(**{"models.captioner.max_model_len": 1024}), Footprints(QWEN_8B, ENCODERS),
+                     FIELD_SHARDS)
+    with pytest.raises(PlanError, match="set resources.gpu_memory_gb"):
+        planner.plan([gib_node("x", 48, 384, 4, "MYSTERY-GPU")], production(), Footprints(QWEN_8B, ENCODERS),
+                     FIELD_SHARDS)
+    assert planner.plan([gib_node("x", 48, 384, 4, "MYSTERY-GPU")], production(**{"resources.gpu_memory_gb": 48}),
+                        Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS).engines == 4
+    with pytest.raises(PlanError, match="backend 'vllm' needs GPU nodes"):
+        planner.plan([gib_node("cpu", 64, 256)], production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    # video mode: two frames per temporal patch, so half the vision tokens
+    images = planner.request_tokens(production(), QWEN_8B)
+    video = planner.request_tokens(production(**{"models.captioner.frames_as": "video"}), QWEN_8B)
+    assert video - 160 - 128 == (images - 160 - 128) // 2
+
+
+def test_two_cpu_machine_gets_one_of_each_and_leaves_room_for_tasks(tiny):
+    config = load_config("jobs/configs/local.yaml", {"input": "x", "output": "y",
+                                                      "models.captioner.model": str(tiny["qwen3_vl"]),
+                                                      "models.embedder.model": str(tiny["clip"]),
+                                                      "models.vae.model": str(tiny["vae"])})
+    plan = planner.plan([NodeType("local", 2, 8 * GIB)], config, planner.footprints_of(config), [10 << 20] * 12)
+    assert (plan.engines, plan.encoders, plan.decode_actors) == (1, 1, 1)
+    assert plan.engine_cpus + plan.encoder_cpus + plan.decode_cpus + 0.5 == pytest.approx(2.0)
+    assert plan.read_tasks == 6 and plan.engine_gpus == 0
+    with pytest.raises(PlanError, match="resources.decode.actors <= 1"):
+        planner.plan([NodeType("local", 2, 8 * GIB)], config.model_copy(update={"resources": config.resources.model_copy(
+            update={"decode": config.resources.decode.model_copy(update={"actors": 3})})}),
+            planner.footprints_of(config), [10 << 20] * 12)
+    with pytest.raises(PlanError, match="what is placed declares"):
+        planner.plan([NodeType("small", 2, 2 * GIB)], config, planner.footprints_of(config), [10 << 20] * 12)
+
+
+def test_footprints_come_from_the_checkpoint_files_and_config(tmp_path, tiny):
+    checkpoint = tmp_path / "qwen8b"
+    checkpoint.mkdir()
+    config = json.loads((tiny["qwen3_vl"] / "config.json").read_text())
+    config["text_config"].update(num_hidden_layers=36, num_key_value_heads=8, head_dim=128)
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    for i in range(4):  # sparse: sizes without the disk
+        with open(checkpoint / f"model-0000{i + 1}-of-00004.safetensors", "wb") as handle:
+            handle.truncate(4_375_000_000)
+    footprint = planner.captioner_footprint(str(checkpoint))
+    assert footprint == ModelFootprint(17_500_000_000, 2 * 36 * 8 * 128 * 2, 32, 2)
+    with pytest.raises(PlanError, match="no checkpoint at"):
+        planner.captioner_footprint(str(tmp_path / "missing"))
+
+
+def test_footprints_read_from_s3(bucket, tiny):
+    import pyarrow.fs as pafs
+
+    from etl import storage
+
+    fs, root = storage.resolve(f"{bucket}/models/clip")
+    pafs.copy_files(str(tiny["clip"]), root, destination_filesystem=fs)
+    local = planner.encoders_footprint(str(tiny["clip"]))
+    assert planner.encoders_footprint(f"{bucket}/models/clip") == local
+    assert local.weights_bytes == os.path.getsize(tiny["clip"] / "model.safetensors")
+
+
+def test_cluster_files_parse_into_node_types():
+    launcher = {"head_node_type": "head", "available_node_types": {
+        "head": {"resources": {"CPU": 0, "memory": 8 << 30}, "node_config": {}},
+        "gpu": {"resources": {"CPU": 48, "GPU": 4, "memory": 268 << 30}, "labels": {"ray.io/accelerator-type": "L40S"},
+                "min_workers": 0, "max_workers": 4, "node_config": {}}}}
+    nodes = planner.nodes_from_launcher(launcher)
+    assert nodes[1] == NodeType("gpu", 48, 268 << 30, 4, "L40S", count=4,
+                                object_store_bytes=int((268 << 30) * 0.3 / 0.7))
+    kuberay = {"kind": "RayCluster", "spec": {
+        "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": {"spec": {"containers": [
+            {"resources": {"limits": {"cpu": "8", "memory": "32Gi"}}}]}}},
+        "workerGroupSpecs": [{"groupName": "gpu", "replicas": 1, "maxReplicas": 4, "template": {"spec": {
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L40S"},
+            "containers": [{"resources": {"limits": {"cpu": "47500m", "memory": "360Gi", "nvidia.com/gpu": 4}}}]}}}]}}
+    head, gpu = planner.nodes_from_kuberay(kuberay)
+    assert head.cpus == 0 and gpu.cpus == 47.5 and gpu.gpus == 4 and gpu.accelerator == "L40S" and gpu.count == 4
+    assert gpu.memory_bytes == int(360 * GIB * 0.7)
+    with pytest.raises(PlanError, match="set resources.limits.memory"):
+        planner.nodes_from_kuberay({"kind": "RayCluster", "spec": {"headGroupSpec": {"template": {"spec": {
+            "containers": [{"resources": {"limits": {"cpu": "8"}}}]}}}}})
+
+
+def test_live_cluster_nodes_group_by_shape():
+    alive = lambda cpus, gpus=0, accelerator=None: {"Alive": True, "Resources": {
+        "CPU": cpus, "memory": 10 * GIB, "object_store_memory": 4 * GIB, **({"GPU": gpus} if gpus else {}),
+        **({f"accelerator_type:{accelerator}": 1} if accelerator else {})}}
+    nodes = planner.nodes_from_ray([alive(16), alive(16), alive(8, 1, "A10G"), {"Alive": False, "Resources": {"CPU": 99}}])
+    shapes = sorted((n.cpus, n.gpus, n.accelerator, n.count) for n in nodes)
+    assert shapes == [(8.0, 1, "A10G", 1), (16.0, 0, None, 2)]
