@@ -171,8 +171,10 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> JobConfig:
-    """YAML file (optional) + dotted-key overrides (CLI flags; None values are ignored)."""
+def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
+                defaults: Optional[Mapping[str, Any]] = None) -> JobConfig:
+    """Dotted-key defaults < YAML file (optional) < dotted-key overrides (CLI flags; None values
+    are ignored in both)."""
     import yaml
 
     data: dict = {}
@@ -183,7 +185,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any
             raise ConfigError(f"cannot read config {path}: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {path}: the top level must be a mapping of keys")
-    data = _merge(data, _nest({k: v for k, v in (overrides or {}).items() if v is not None}))
+    given = lambda values: _nest({k: v for k, v in (values or {}).items() if v is not None})
+    data = _merge(_merge(given(defaults), data), given(overrides))
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:

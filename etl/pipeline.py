@@ -90,17 +90,10 @@ class CaptionStage:
     """Actor: owns the captioner. Adds caption, quality, aesthetics, caption_parse_error."""
 
     def __init__(self, config: JobConfig, text_column: Optional[str]):
-        from etl.models.captioner import CAPTIONERS
+        from etl.models.captioner import captioner_from_config
 
-        settings = config.models.captioner
-        engine = dict(max_model_len=settings.max_model_len, max_frames=config.frames.max_frames,
-                      tensor_parallel_size=settings.tensor_parallel_size, max_num_seqs=settings.max_num_seqs,
-                      gpu_memory_utilization=settings.gpu_memory_utilization, mm_cache_gb=settings.mm_cache_gb)
-        self.captioner = CAPTIONERS[settings.backend](
-            settings.model, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            seed=settings.seed, frames_as=settings.frames_as, video_fps=settings.video_fps,
-            **(engine if settings.backend == "vllm" else {}))
-        self.text_column, self.batch_size = text_column, settings.batch_size
+        self.captioner = captioner_from_config(config)
+        self.text_column, self.batch_size = text_column, config.models.captioner.batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from etl.models.captioner import CaptionSample

@@ -194,12 +194,17 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, shard_bytes:
 
     # --- captioner and encoders, per unit
     cap, enc = footprints.captioner, footprints.encoders
+
+    def engine_gpu_need(tensor_parallel: int) -> int:
+        """Per GPU: weights and KV of one max_model_len request, split over the TP ranks, and activations."""
+        return (cap.weights_bytes + cap.kv_bytes_per_token * settings.max_model_len) // tensor_parallel \
+            + GPU_ACTIVATION_BYTES
+
     if use_gpus:
         engine_cpus = wanted.captioner.cpus_per_engine or 4.0
         encoder_cpus = wanted.encoder.cpus_per_actor or 1.0
         engine_memory = cap.weights_bytes + int(settings.mm_cache_gb * GIB) + ENGINE_RUNTIME_BYTES
-        engine_gpu_memory = (cap.weights_bytes + cap.kv_bytes_per_token * settings.max_model_len) // tp \
-            + GPU_ACTIVATION_BYTES
+        engine_gpu_memory = engine_gpu_need(tp)
         encoder_gpu_memory = enc.weights_bytes + ENCODER_ACTIVATION_BYTES
         encoder_memory = enc.weights_bytes + CPU_MODEL_HEADROOM_BYTES
     else:
@@ -221,11 +226,10 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, shard_bytes:
         reserved_memory = slots * task_slots_memory
         engines = encoders = 0
         if use_gpus and node.gpus >= tp:
-            gpu_memory = accelerator_memory(node.accelerator, wanted.gpu_memory_gb) if node.gpus else 0
+            gpu_memory = accelerator_memory(node.accelerator, wanted.gpu_memory_gb)
             given = int(settings.gpu_memory_utilization * gpu_memory)
             if engine_gpu_memory > given:
-                need_tp = next((t for t in (2, 4, 8) if t > tp and (cap.weights_bytes + cap.kv_bytes_per_token
-                                * settings.max_model_len) // t + GPU_ACTIVATION_BYTES <= given), None)
+                need_tp = next((t for t in (2, 4, 8) if t > tp and engine_gpu_need(t) <= given), None)
                 problems.append(
                     f"{node.name}: one engine needs {_gib(engine_gpu_memory)} per GPU (weights, KV for "
                     f"max_model_len={settings.max_model_len}, activations) but gets {settings.gpu_memory_utilization} "
@@ -319,7 +323,7 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, shard_bytes:
                         "resources.captioner.cpus_per_engine / resources.encoder.cpus_per_actor, or add CPUs")
 
     placed, remaining = [], decode_total
-    for (p, fit), (_, _, _) in zip(decode_fit, free):
+    for p, fit in decode_fit:
         here = min(fit, math.ceil(remaining / p.node_type.count)) if remaining > 0 else 0
         remaining -= here * p.node_type.count
         placed.append(replace(p, decode_actors=here,

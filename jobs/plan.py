@@ -41,12 +41,10 @@ def main(argv=None) -> int:
     from jobs.curate import parse_sets
 
     try:
-        in_file = _file_keys(args.config)
         # planning needs neither an output nor, with --assume-shards, an input
-        placeholders = {key: "(not used for planning)" for key in ("output", "input")
-                        if key not in in_file and (key == "output" or args.assume_shards)}
-        given = {"input": args.input, "read.shards": args.shards, **parse_sets(args.set)}
-        config = load_config(args.config, {**placeholders, **{k: v for k, v in given.items() if v is not None}})
+        unused = "(not used for planning)"
+        config = load_config(args.config, {"input": args.input, "read.shards": args.shards, **parse_sets(args.set)},
+                             defaults={"output": unused, "input": unused if args.assume_shards else None})
     except (ConfigError, OSError) as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -60,14 +58,6 @@ def main(argv=None) -> int:
     print(f"cluster {args.cluster}, config {args.config}:")
     print(plan.describe())
     return 0
-
-
-def _file_keys(path: str) -> set:
-    import yaml
-
-    with open(path) as handle:
-        data = yaml.safe_load(handle)
-    return set(data) if isinstance(data, dict) else set()
 
 
 def _shard_sizes(config) -> list[int]:

@@ -25,16 +25,10 @@ def _frames(count: int, side: int, seed: int) -> np.ndarray:
 
 
 def check_captioner(config) -> dict:
-    from etl.models.captioner import CAPTIONERS, CaptionSample
+    from etl.models.captioner import CaptionSample, captioner_from_config
 
-    settings = config.models.captioner
-    engine = dict(max_model_len=settings.max_model_len, max_frames=config.frames.max_frames,
-                  tensor_parallel_size=settings.tensor_parallel_size, max_num_seqs=settings.max_num_seqs,
-                  gpu_memory_utilization=settings.gpu_memory_utilization, mm_cache_gb=settings.mm_cache_gb)
     started = time.perf_counter()
-    captioner = CAPTIONERS[settings.backend](
-        settings.model, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=settings.seed,
-        frames_as=settings.frames_as, video_fps=settings.video_fps, **(engine if settings.backend == "vllm" else {}))
+    captioner = captioner_from_config(config)
     loaded = time.perf_counter() - started
     side = captioner.frame_factor * 8  # a valid smart-resized frame size
     samples = [CaptionSample(list(_frames(frames, side, i)), "smoke test", f"smoke-{i}")

@@ -15,6 +15,14 @@ def test_the_shipped_local_config_is_valid_and_cli_values_override_it():
     assert config.sink.format == "delta"  # untouched file value
 
 
+def test_defaults_fill_only_what_neither_the_file_nor_a_flag_sets(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: from-file\nsink:\n  buckets: 32\n")
+    config = load_config(str(path), {"sink.buckets": 64}, defaults={"input": "default", "output": "default",
+                                                                      "sink.buckets": 8, "read.shards": None})
+    assert (config.input, config.output, config.sink.buckets, config.read.shards) == ("from-file", "default", 64, None)
+
+
 @pytest.mark.parametrize("yaml_text, message", [
     ("sink:\n  fromat: delta\n", "sink.fromat: unknown key; allowed keys: ['buckets', 'commit_every_files', 'commit_every_minutes', 'commit_every_shards', 'format', 'rows_per_write']"),
     ("sink:\n  format: orc\n", "sink.format: Input should be 'delta' or 'parquet' (got 'orc')"),

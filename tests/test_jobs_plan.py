@@ -1,24 +1,15 @@
 """`python -m jobs.plan` on the cluster files in cluster/ and the production config, with the
 production checkpoints' shapes (a Qwen3-VL-8B-sized checkpoint: real config, sparse weights)."""
 
-import json
-
 import pytest
 
 from jobs import plan as plan_job
+from tests.large_checkpoints import qwen3_vl_8b_like
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny, tmp_path_factory):
-    root = tmp_path_factory.mktemp("checkpoints")
-    qwen = root / "qwen3-vl-8b"
-    qwen.mkdir()
-    config = json.loads((tiny["qwen3_vl"] / "config.json").read_text())
-    config["text_config"].update(num_hidden_layers=36, num_key_value_heads=8, head_dim=128)
-    (qwen / "config.json").write_text(json.dumps(config))
-    for i in range(4):
-        with open(qwen / f"model-0000{i + 1}-of-00004.safetensors", "wb") as handle:
-            handle.truncate(4_375_000_000)  # sparse: 17.5 GB of weights without the disk
+    qwen = qwen3_vl_8b_like(tiny["qwen3_vl"], tmp_path_factory.mktemp("checkpoints") / "qwen3-vl-8b")
     return ["--set", f"models.captioner.model={qwen}", "--set", f"models.embedder.model={tiny['clip']}",
             "--set", f"models.vae.model={tiny['vae']}"]
 

@@ -1,4 +1,3 @@
-import json
 import os
 
 import pytest
@@ -6,6 +5,7 @@ import pytest
 from etl import planner
 from etl.config import load_config
 from etl.planner import GIB, Footprints, ModelFootprint, NodeType, PlanError
+from tests.large_checkpoints import qwen3_vl_8b_like
 
 # Qwen3-VL-8B-like: 17.5 GB of bf16 weights; 36 layers x 8 KV heads x 128 dims; 32 px per token side
 QWEN_8B = ModelFootprint(int(17.5e9), 2 * 36 * 8 * 128 * 2, 32, 2)
@@ -129,14 +129,7 @@ def test_two_cpu_machine_gets_one_of_each_and_leaves_room_for_tasks(tiny):
 
 
 def test_footprints_come_from_the_checkpoint_files_and_config(tmp_path, tiny):
-    checkpoint = tmp_path / "qwen8b"
-    checkpoint.mkdir()
-    config = json.loads((tiny["qwen3_vl"] / "config.json").read_text())
-    config["text_config"].update(num_hidden_layers=36, num_key_value_heads=8, head_dim=128)
-    (checkpoint / "config.json").write_text(json.dumps(config))
-    for i in range(4):  # sparse: sizes without the disk
-        with open(checkpoint / f"model-0000{i + 1}-of-00004.safetensors", "wb") as handle:
-            handle.truncate(4_375_000_000)
+    checkpoint = qwen3_vl_8b_like(tiny["qwen3_vl"], tmp_path / "qwen8b")
     footprint = planner.captioner_footprint(str(checkpoint))
     assert footprint == ModelFootprint(17_500_000_000, 2 * 36 * 8 * 128 * 2, 32, 2)
     with pytest.raises(PlanError, match="no checkpoint at"):

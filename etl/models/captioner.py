@@ -298,3 +298,15 @@ class VLLMCaptioner:
 
 
 CAPTIONERS = {"transformers": TransformersCaptioner, "vllm": VLLMCaptioner}
+
+
+def captioner_from_config(config) -> "Captioner":
+    """The captioner a job config names (`models.captioner`, `frames.max_frames`), as the
+    pipeline's CaptionStage and `jobs.smoke_gpu` run it."""
+    settings = config.models.captioner
+    engine = dict(max_model_len=settings.max_model_len, max_frames=config.frames.max_frames,
+                  tensor_parallel_size=settings.tensor_parallel_size, max_num_seqs=settings.max_num_seqs,
+                  gpu_memory_utilization=settings.gpu_memory_utilization, mm_cache_gb=settings.mm_cache_gb)
+    return CAPTIONERS[settings.backend](
+        settings.model, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=settings.seed,
+        frames_as=settings.frames_as, video_fps=settings.video_fps, **(engine if settings.backend == "vllm" else {}))

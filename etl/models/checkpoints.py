@@ -9,6 +9,7 @@ counts only once complete (a marker written last), so a killed copy is redone, n
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 CACHE_ENV = "ETL_MODEL_CACHE"
@@ -41,16 +42,12 @@ def local_checkpoint(uri: str) -> str:
                 raise FileNotFoundError(f"no checkpoint directory at {uri}")
             partial = Path(f"{target}.partial")
             if partial.exists():
-                import shutil
-
                 shutil.rmtree(partial)
             partial.mkdir()
             pafs.copy_files(root, str(partial), source_filesystem=fs,
                             destination_filesystem=pafs.LocalFileSystem(), use_threads=True)
             (partial / _DONE).write_text(uri)
             if target.exists():
-                import shutil
-
                 shutil.rmtree(target)
             partial.rename(target)
     return str(target)

@@ -111,6 +111,10 @@ def test_video_mode_sends_same_size_frames_as_one_video_and_other_samples_as_ima
     prompt = video.processor.apply_chat_template(build_messages(5, None, as_video=True), add_generation_prompt=True,
                                                  tokenize=False)
     assert prompt.count("<|video_pad|>") == 1 and "<|image_pad|>" not in prompt
+    from etl.models.captioner import prompt_of
+
+    sent = [prompt_of(video.processor, s, video.frames_as) for s in samples]  # what caption() sends
+    assert [(p.count("<|video_pad|>"), p.count("<|image_pad|>")) for p in sent] == [(1, 0), (0, 2), (0, 1)]
     results = video.caption(samples)
     assert len(results) == 3 and all(isinstance(r.caption, str) for r in results)
     assert video.caption(samples[:1])[0].raw == results[0].raw  # per-sample seeds: repeatable in any batch
