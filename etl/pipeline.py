@@ -353,7 +353,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
                                  memory=plan.read_task_memory)
         .map_batches(Prepare(image_column, config.read.text_column, config.read.id_column, config.sink.buckets),
                      batch_format="pyarrow",
-                     num_cpus=plan.task_cpus)
+                     num_cpus=plan.task_cpus, memory=plan.read_task_memory)  # same as the read: they fuse
         .map_batches(FrameDecodeStage, fn_constructor_args=(FRAMES, spec, ERROR), batch_format="pyarrow",
                      batch_size=decode_rows, num_cpus=plan.decode_cpus, memory=plan.decode_memory,
                      compute=ActorPoolStrategy(size=plan.decode_actors))

@@ -190,6 +190,8 @@ def test_the_run_asks_ray_for_what_the_planner_placed_on_this_cluster(two_runs):
     # the session cluster: one node, 2 CPUs, no GPU -> one CPU captioner, one encoder, one decode actor
     assert "captioner (transformers): 1 x [0.4 CPU, 0 GPU" in plan
     assert "encoders: 1 x [0.4 CPU, 0 GPU" in plan and "decode: 1 x [0.7 CPU" in plan
+    # read and prepare ask for the same resources, so Ray fuses them into one task (no extra hop)
+    assert "ReadMDS->MapBatches(Prepare)" in summaries[0].stage_stats
 
 
 def test_a_config_that_does_not_fit_the_cluster_is_refused_before_any_work(dataset, tiny, tmp_path, ray_local):
