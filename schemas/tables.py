@@ -1,6 +1,8 @@
 """Table schemas, version 1. Tensor shapes come from the models a run uses (embedding width,
 latent shape), so each schema is a function of those; everything else is fixed."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,7 +64,20 @@ def runs_schema() -> pa.Schema:
 
 # --- Storage form ------------------------------------------------------------------------------
 # Delta has no tensor or fixed-size list type, so tables are stored with plain lists (row-major
-# values) and readers restore the logical types above with `restore`.
+# values) and readers restore the logical types above with `restore`. A tensor column's shape
+# (per element, for a list of tensors) goes into its field metadata under TENSOR_SHAPE_KEY; Delta
+# keeps field metadata in the table's schema, so a reader learns the shapes from the table itself.
+
+TENSOR_SHAPE_KEY = "tensor_shape"
+
+
+def _tensor_shape(logical: pa.DataType):
+    if isinstance(logical, pa.FixedShapeTensorType):
+        return list(logical.shape)
+    if pa.types.is_list(logical) or pa.types.is_large_list(logical):
+        return _tensor_shape(logical.value_type)
+    return None
+
 
 def _storage_type(logical: pa.DataType) -> pa.DataType:
     if isinstance(logical, pa.BaseExtensionType):
@@ -73,7 +88,24 @@ def _storage_type(logical: pa.DataType) -> pa.DataType:
 
 
 def storage_schema(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([pa.field(f.name, _storage_type(f.type), f.nullable) for f in schema], metadata=schema.metadata)
+    def field(f: pa.Field) -> pa.Field:
+        shape = _tensor_shape(f.type)
+        metadata = {TENSOR_SHAPE_KEY: json.dumps(shape)} if shape is not None else None
+        return pa.field(f.name, _storage_type(f.type), f.nullable, metadata=metadata)
+
+    return pa.schema([field(f) for f in schema], metadata=schema.metadata)
+
+
+def tensor_shapes(field_metadata: dict) -> dict[str, tuple[int, ...]]:
+    """{column: shape} of the tensor columns a stored schema records, from {column: field
+    metadata} (str or bytes keys, as pyarrow or deltalake give them)."""
+    shapes = {}
+    for name, metadata in field_metadata.items():
+        decoded = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                   for k, v in (metadata or {}).items()}
+        if TENSOR_SHAPE_KEY in decoded:
+            shapes[name] = tuple(int(d) for d in json.loads(decoded[TENSOR_SHAPE_KEY]))
+    return shapes
 
 
 def _to_storage(array: pa.Array) -> pa.Array:
