@@ -6,7 +6,7 @@ UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
 REFERENCE_MDS := mosaicml-streaming==0.13.0
 
-.PHONY: install test demo bench clean
+.PHONY: install browser test demo bench clean
 
 install: $(STAMP)
 
@@ -19,7 +19,14 @@ $(STAMP): pyproject.toml Makefile
 	$(UV) pip install --python $(PY) --quiet --no-deps $(REFERENCE_MDS)
 	touch $(STAMP)
 
-test: $(STAMP)
+# The run report is tested in a real headless browser: Debian's chromium (driven by Playwright).
+browser:
+	@command -v chromium >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "make test needs chromium (Debian: apt-get install chromium)"; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

@@ -25,6 +25,7 @@ from etl import ledger, storage
 from etl.sinks.delta_commits import commit_files
 
 TABLES = ("samples", "quarantine")
+MAX_PREVIEWS = 64  # a bound on driver memory whatever the write stage sends
 
 
 class RowAccountingError(RuntimeError):
@@ -51,6 +52,9 @@ class RunProgress:
     reasons: dict[str, int] = field(default_factory=dict)
     read_times: dict[int, float] = field(default_factory=dict)
     commit_times: list[float] = field(default_factory=list)         # unix seconds of each round
+    committed_rows: list[int] = field(default_factory=list)         # samples + quarantine rows after each round
+    timeline: dict[str, dict[int, int]] = field(default_factory=dict)  # stage -> unix second -> rows done
+    previews: list[dict] = field(default_factory=list)              # contact-sheet rows (bounded by the plan)
     ledgered: set = field(default_factory=set)
 
 
@@ -89,6 +93,11 @@ class RunCommitter:
                 self._finished_since_commit += 1
         for reason, count in counts["reasons"].items():
             self.progress.reasons[reason] = self.progress.reasons.get(reason, 0) + count
+        for stage, seconds in counts.get("timeline", {}).items():
+            per_second = self.progress.timeline.setdefault(stage, {})
+            for second, rows in seconds:
+                per_second[second] = per_second.get(second, 0) + rows
+        self.progress.previews.extend(counts.get("previews", ())[:MAX_PREVIEWS - len(self.progress.previews)])
         for name, file in self._staged:
             self.pending[name].append(file)
         self._staged = []
@@ -160,6 +169,7 @@ class RunCommitter:
                       f"run-{self.run_id}-{self._rounds:05d}")
         self.progress.ledgered.update(f.shard for f in finished)
         self.progress.commit_times.append(time.time())
+        self.progress.committed_rows.append(sum(self.progress.rows.get(name, 0) for name in TABLES))
         self._finished_since_commit = 0
         self._last_commit = time.monotonic()
 

@@ -11,6 +11,7 @@ onwards; a stage skips rows that already have one, and the write stage routes th
 """
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -29,6 +30,8 @@ from etl.committer import CommitCadence, RunCommitter, remove_unfinished_rows
 from etl.sinks.table_datasink import write_bucket_files
 from etl.sources.shard_selection import select_shards
 from etl.transforms.frames import FrameDecodeStage, FrameSpec
+
+logger = logging.getLogger(__name__)
 
 ERROR = "error"
 IMAGE_ENCODINGS = ("jpeg", "png", "pil", "jpeg_array", "jpegarray", "list[jpeg]", "list[png]", "list[pil]")
@@ -54,9 +57,15 @@ def choose_image_column(encodings: dict[str, str], requested: Optional[str]) -> 
 
 FRAMES, TEXT = "_frames", "_text"  # internal names: no input column can collide with an output
 READ_AT = "_read_at"  # when the row left the read task (unix s): shows commits overlapping reads
+# When each row left each stage (unix s): the write stage turns them into per-second counts,
+# the run report's samples/s per stage over time. Internal columns, never written.
+STAGE_DONE_AT = {"read": READ_AT, "decode": "_decoded_at", "caption": "_captioned_at", "encode": "_encoded_at"}
+PREVIEW = "_preview"  # a small JPEG of the first frame, for the rows the report's contact sheet shows
+PREVIEW_PIXELS = 160  # longest side
 
 
 _DECODE_BUDGET_BYTES = 64 << 20  # decoded pixels per decode batch
+CONTACT_SHEET_SAMPLES = 24
 
 
 class Prepare:
@@ -86,6 +95,51 @@ class Prepare:
         return pa.table(columns)
 
 
+def _stamped(batch: pa.Table, stage: str) -> pa.Table:
+    return batch.append_column(STAGE_DONE_AT[stage], pa.array(np.full(batch.num_rows, time.time())))
+
+
+def preview_rows(shards: list[int], rows_per_shard: dict[int, int], wanted: int) -> dict[int, int]:
+    """{shard: rows} whose first rows get a preview: about `wanted` rows, from shards spread
+    evenly over the run, so the report's memory does not grow with the dataset."""
+    nonempty = [s for s in shards if rows_per_shard.get(s, 0)]
+    if not nonempty or wanted <= 0:
+        return {}
+    picked = [nonempty[round(i * (len(nonempty) - 1) / max(1, wanted - 1))] for i in range(min(wanted, len(nonempty)))]
+    per_shard = -(-wanted // len(set(picked)))
+    return {shard: per_shard for shard in dict.fromkeys(picked)}
+
+
+class DecodeStage(FrameDecodeStage):
+    """The CPU stage of the plan: frames decoded, the completion time stamped, and a small JPEG
+    of the first frame for the rows the report's contact sheet shows (`preview_rows`)."""
+
+    def __init__(self, image_column: str, spec: FrameSpec, error_column: str, previews: dict[int, int]):
+        super().__init__(image_column, spec, error_column)
+        self.previews = previews
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = super().__call__(batch)
+        wanted = [self.previews.get(shard, 0) > row and error is None for shard, row, error in zip(
+            batch.column("shard").to_pylist(), batch.column("row").to_pylist(), batch.column(ERROR).to_pylist())]
+        views = batch.column("caption_frames")
+        previews = [_preview_jpeg(views[i].as_py()[0]) if want and len(views[i]) else None
+                    for i, want in enumerate(wanted)]
+        return _stamped(batch.append_column(PREVIEW, pa.array(previews, pa.binary())), "decode")
+
+
+def _preview_jpeg(view: dict) -> bytes:
+    import io
+
+    from PIL import Image
+
+    image = Image.frombuffer("RGB", (view["width"], view["height"]), view["pixels"])
+    image.thumbnail((PREVIEW_PIXELS, PREVIEW_PIXELS))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
 class CaptionStage:
     """Actor: owns the captioner. Adds caption, quality, aesthetics, caption_parse_error."""
 
@@ -112,11 +166,12 @@ class CaptionStage:
                 results[i] = result
         column = lambda attr: [getattr(results[i], attr) if i in results else None for i in range(batch.num_rows)]
         consumed = ["caption_frames"] + ([self.text_column] if self.text_column else [])
-        return (batch.drop_columns(consumed)
-                .append_column("caption", pa.array(column("caption"), pa.string()))
-                .append_column("quality", pa.array(column("quality"), pa.float32()))
-                .append_column("aesthetics", pa.array(column("aesthetics"), pa.float32()))
-                .append_column("caption_parse_error", pa.array(column("parse_error"), pa.string())))
+        return _stamped(batch.drop_columns(consumed)
+                        .append_column("caption", pa.array(column("caption"), pa.string()))
+                        .append_column("quality", pa.array(column("quality"), pa.float32()))
+                        .append_column("aesthetics", pa.array(column("aesthetics"), pa.float32()))
+                        .append_column("caption_parse_error", pa.array(column("parse_error"), pa.string())),
+                        "caption")
 
 
 class EncodeStage:
@@ -152,10 +207,10 @@ class EncodeStage:
         pooled = pool_per_sample(embeddings, counts)
         pooled = pa.ExtensionArray.from_storage(self.embedding_type, pa.FixedSizeListArray.from_arrays(
             pa.array(pooled.reshape(-1)), self.embedding_type.shape[0]))
-        return (batch.drop_columns(["crops"])
-                .append_column("embedding", pooled)
-                .append_column("frame_embeddings", per_frame(embeddings, self.embedding_type))
-                .append_column("latents", per_frame(latents, self.latent_type)))
+        return _stamped(batch.drop_columns(["crops"])
+                        .append_column("embedding", pooled)
+                        .append_column("frame_embeddings", per_frame(embeddings, self.embedding_type))
+                        .append_column("latents", per_frame(latents, self.latent_type)), "encode")
 
 
 class WriteStage:
@@ -199,8 +254,32 @@ class WriteStage:
         for entry in (pc.value_counts(bad.column(ERROR)).to_pylist() if bad.num_rows else []):
             key = f"{entry['values'].split(':', 1)[0]}: {error_class(entry['values'])}"
             reasons[key] = reasons.get(key, 0) + entry["counts"]
+        counts = {"shards": shards, "reasons": reasons, "timeline": _per_second(batch), "previews": _previews(batch)}
         return pa.table({"table": [f["table"] for f in files] + ["counts"],
-                         "file": [json.dumps(f) for f in files] + [json.dumps({"shards": shards, "reasons": reasons})]})
+                         "file": [json.dumps(f) for f in files] + [json.dumps(counts)]})
+
+
+def _per_second(batch: pa.Table) -> dict[str, list[list[int]]]:
+    """{stage: [[unix second, rows that left the stage in it], ...]}, the write stage included."""
+    timeline = {}
+    for stage, column in STAGE_DONE_AT.items():
+        seconds = pc.cast(pc.floor(batch.column(column)), pa.int64())
+        timeline[stage] = [[e["values"], e["counts"]] for e in pc.value_counts(seconds).to_pylist()]
+    timeline["write"] = [[int(time.time()), batch.num_rows]]
+    return timeline
+
+
+def _previews(batch: pa.Table) -> list[dict]:
+    import base64
+
+    chosen = batch.filter(pc.is_valid(batch.column(PREVIEW)))
+    if not chosen.num_rows:
+        return []
+    fields = ["sample_id", "shard", "row", "caption", "quality", "aesthetics", "caption_parse_error", "frame_count"]
+    rows = chosen.select([f for f in fields if f in chosen.schema.names]).to_pylist()
+    for row, jpeg in zip(rows, chosen.column(PREVIEW).to_pylist()):
+        row["jpeg"] = base64.b64encode(jpeg).decode()
+    return rows
 
 
 def error_class(reason: str) -> str:
@@ -241,6 +320,12 @@ class RunSummary:
     commit_times: list[float] = field(default_factory=list)   # unix seconds of each commit round
     stage_stats: str = ""
     plan: str = ""                       # what each stage got on this cluster (planner.Plan.describe)
+    started_at: float = 0.0              # unix seconds
+    committed_rows: list[int] = field(default_factory=list)   # samples + quarantine after each commit round
+    timeline: dict[str, dict[int, int]] = field(default_factory=dict)  # stage -> unix second -> rows done
+    previews: list[dict] = field(default_factory=list)        # the report's contact sheet
+    error: Optional[str] = None          # why the run failed, when it did
+    report: Optional[str] = None         # URI of report.html
 
 
 def plan_shards(config: JobConfig, schemas: dict, shard_count: int, resume: bool) -> tuple[list[int], list[int], str]:
@@ -286,6 +371,9 @@ def _summarize(summary: RunSummary, progress, started: float, started_wall: floa
     if progress.read_times:
         summary.last_read_seconds = max(progress.read_times.values()) - started_wall
     summary.commit_times = list(progress.commit_times)
+    summary.committed_rows = list(progress.committed_rows)
+    summary.timeline = {stage: dict(seconds) for stage, seconds in progress.timeline.items()}
+    summary.previews = list(progress.previews)
     if progress.commit_times:
         summary.first_commit_seconds = progress.commit_times[0] - started_wall
         summary.shards_read_after_first_commit = sum(t > progress.commit_times[0]
@@ -347,6 +435,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
                            verify_hashes=config.read.verify_hashes, shards_per_task=config.read.shards_per_task,
                            on_bad_shard="quarantine", max_image_pixels=config.frames.max_image_pixels,
                            block_bytes=planner.READ_BLOCK_BYTES, max_bytes_per_task=config.read.max_task_mb << 20)
+    previews = preview_rows(todo, {s: entries[s].samples for s in todo}, CONTACT_SHEET_SAMPLES)
     decode_rows = max(1, _DECODE_BUDGET_BYTES // (config.frames.max_frames * FrameDecodeStage.pixel_bytes_per_frame(spec)))
     dataset = (
         ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(), num_cpus=plan.task_cpus,
@@ -354,7 +443,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
         .map_batches(Prepare(image_column, config.read.text_column, config.read.id_column, config.sink.buckets),
                      batch_format="pyarrow",
                      num_cpus=plan.task_cpus, memory=plan.read_task_memory)  # same as the read: they fuse
-        .map_batches(FrameDecodeStage, fn_constructor_args=(FRAMES, spec, ERROR), batch_format="pyarrow",
+        .map_batches(DecodeStage, fn_constructor_args=(FRAMES, spec, ERROR, previews), batch_format="pyarrow",
                      batch_size=decode_rows, num_cpus=plan.decode_cpus, memory=plan.decode_memory,
                      compute=ActorPoolStrategy(size=plan.decode_actors))
         .map_batches(CaptionStage, fn_constructor_args=(config, TEXT if config.read.text_column else None),
@@ -375,7 +464,8 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     if config.ray.object_store_budget_mb:
         options = ray.data.DataContext.get_current().execution_options
         options.resource_limits = options.resource_limits.copy(object_store_memory=config.ray.object_store_budget_mb << 20)
-    summary = RunSummary(run_id, config.output, mode=mode, shards=todo, skipped_shards=skipped, plan=plan.describe())
+    summary = RunSummary(run_id, config.output, mode=mode, shards=todo, skipped_shards=skipped, plan=plan.describe(),
+                         started_at=started_wall)
     committer = RunCommitter(
         config.output, schemas, run_id, config.model_dump_json(), {s: entries[s].samples for s in todo},
         format=config.sink.format, mode=mode, max_error_fraction=config.max_error_fraction,
@@ -386,8 +476,22 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
             for table, payload in zip(batch.column("table").to_pylist(), batch.column("file").to_pylist()):
                 committer.receive(table, payload)
         committer.finish()
+        summary.stage_stats = dataset.stats()
+    except BaseException as exc:
+        summary.error = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
         _summarize(summary, committer.progress, started, started_wall)
-    summary.stage_stats = dataset.stats()
+        _write_report(summary, config)
     return summary
+
+
+def _write_report(summary: RunSummary, config: JobConfig) -> None:
+    """The report of a failed run matters most: writing it never hides the run's own error."""
+    from etl.report import write_report
+
+    try:
+        summary.report = write_report(summary, config)
+    except Exception:  # noqa: BLE001 - a report is not worth failing (or masking) a run for
+        logger.exception("could not write the run report under %s", config.output)
 

@@ -203,3 +203,19 @@ def test_a_config_that_does_not_fit_the_cluster_is_refused_before_any_work(datas
     with pytest.raises(PlanError, match=r"resources.decode.actors=4 .* set resources.decode.actors <= 1"):
         pipeline.run(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_each_run_writes_its_report_next_to_its_tables(dataset, two_runs):
+    _, _, broken = dataset
+    outputs, summaries = two_runs
+    for output, summary in zip(outputs, summaries):
+        assert summary.report == str(output / "report.html")
+        page = (output / "report.html").read_text()
+        assert page == (output / "reports" / f"{summary.run_id}.html").read_text()
+        assert f"Curation run {summary.run_id}" in page and "decode: not a decodable image" in page
+        # every row passed every stage once, in the per-second counts the plot is drawn from
+        assert {stage: sum(s.values()) for stage, s in summary.timeline.items()} == {
+            stage: 24 for stage in ("read", "decode", "caption", "encode", "write")}
+        # the contact sheet: committed samples only, from shards spread over the run
+        assert summary.previews and not {p["sample_id"] for p in summary.previews} & {f"clip-{i}" for i in broken}
+        assert page.count('<div class="card">') == len(summary.previews) <= 24

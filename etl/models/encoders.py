@@ -66,9 +66,25 @@ def _embedding_dim(config) -> int:
     return config.projection_dim if hasattr(config, "projection_dim") else config.vision_config.hidden_size
 
 
+def _saved_config(model_path: str) -> dict:
+    import json
+    from pathlib import Path
+
+    from etl.models.checkpoints import local_config
+
+    return json.loads((Path(local_config(model_path)) / "config.json").read_text())
+
+
 def embedding_dim(model_path: str) -> int:
-    """Width of the embeddings a checkpoint produces, from its config alone (no weights)."""
-    from transformers import AutoConfig
+    """Width of the embeddings a checkpoint produces, from its config alone (no weights).
+    The driver reads config.json itself: transformers' AutoConfig would import the library
+    (seconds of driver start-up) for two numbers that `save_pretrained` always writes."""
+    saved = _saved_config(model_path)
+    if "projection_dim" in saved:  # CLIP
+        return int(saved["projection_dim"])
+    if "hidden_size" in saved.get("vision_config", {}):  # SigLIP
+        return int(saved["vision_config"]["hidden_size"])
+    from transformers import AutoConfig  # a hand-written config that relies on the class defaults
 
     from etl.models.checkpoints import local_config
 
@@ -81,7 +97,11 @@ def _latent_shape(config, height: int, width: int) -> tuple[int, int, int]:
 
 
 def latent_shape(model_path: str, height: int, width: int) -> tuple[int, int, int]:
-    """(C, H/f, W/f) of a VAE checkpoint's latents for frames of height x width, from its config."""
+    """(C, H/f, W/f) of a VAE checkpoint's latents for frames of height x width, from its config
+    (read directly, as in `embedding_dim`)."""
+    saved = _saved_config(model_path)
+    if "block_out_channels" in saved and "latent_channels" in saved:
+        return _latent_shape(saved, height, width)
     from diffusers import AutoencoderKL
 
     from etl.models.checkpoints import local_config

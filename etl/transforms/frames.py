@@ -4,7 +4,7 @@ Per frame: a header check against the decompression-bomb limit (no pixels decode
 DCT-scaled decode (`draft`) when the frame shrinks by 2x or more, EXIF orientation, conversion
 of L/P/RGBA/CMYK/16-bit/... to RGB, then
 - the captioner view: Qwen-VL "smart resize" (sides multiples of patch x merge, pixel count
-  within [min_pixels, max_pixels]), using transformers' own `smart_resize`;
+  within [min_pixels, max_pixels]), the same rule as transformers' Qwen2-VL `smart_resize`;
 - the encoder view: shorter side resized to `crop_size`, then a centre crop.
 
 A sample whose frames cannot all be decoded is a value (`FrameError` with its reason), never an
@@ -12,6 +12,7 @@ exception that sinks the batch.
 """
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -53,14 +54,27 @@ _ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 
 
-def _caption_size(width: int, height: int, spec: FrameSpec) -> tuple[int, int]:
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) of the captioner view: Qwen-VL's rule, equal to transformers'
+    `qwen2_vl...smart_resize` (tests/transforms check it on many sizes). Not imported from
+    there: that import pulls in torch, ~8 s and ~650 MiB more per decode actor, and decode
+    actors are most of a node's processes."""
+    if max(height, width) / min(height, width) > 200:
+        raise FrameError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
-    try:
-        h, w = smart_resize(height, width, factor=spec.factor, min_pixels=spec.min_pixels,
-                            max_pixels=spec.max_pixels)
-    except ValueError as exc:  # aspect ratio over 200
-        raise FrameError(str(exc)) from None
+
+def _caption_size(width: int, height: int, spec: FrameSpec) -> tuple[int, int]:
+    h, w = smart_resize(height, width, factor=spec.factor, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
     return w, h
 
 
@@ -161,7 +175,6 @@ class FrameDecodeStage:
 
     def __init__(self, image_column: str, spec: FrameSpec = FrameSpec(), error_column: str = "error"):
         self.image_column, self.spec, self.error_column = image_column, spec, error_column
-        _caption_size(64, 64, spec)  # setup: import transformers' smart_resize now, not in a batch
 
     @property
     def outputs(self) -> dict[str, pa.DataType]:

@@ -153,3 +153,37 @@ def test_the_pipeline_finds_the_frames_column_from_the_encodings():
         choose_image_column({"id": "int", "a": "jpeg"}, "id")
     with pytest.raises(ValueError, match="no image column"):
         choose_image_column({"id": "int"}, None)
+
+
+def test_smart_resize_equals_transformers_qwen2_vl_rule():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as reference
+
+    from etl.transforms.frames import smart_resize
+
+    rng = np.random.default_rng(0)
+    sides = list(rng.integers(1, 5000, 300)) + [1, 31, 32, 33, 447, 448, 449, 720, 1280, 1920, 4096]
+    for height, width in zip(sides, reversed(sides)):
+        if max(height, width) / min(height, width) > 200:
+            continue
+        for factor, low, high in ((32, 4096, 50176), (28, 56 * 56, 14 * 14 * 4 * 1280), (32, 32 * 32, 448 * 448)):
+            assert smart_resize(int(height), int(width), factor, low, high) == \
+                reference(int(height), int(width), factor=factor, min_pixels=low, max_pixels=high), (height, width)
+
+
+def test_extreme_aspect_ratio_is_a_frame_error():
+    from etl.transforms.frames import FrameError, smart_resize
+
+    with pytest.raises(FrameError, match="aspect ratio must be smaller than 200"):
+        smart_resize(10, 2010, 32, 4096, 50176)
+
+
+def test_the_cpu_stage_does_not_import_torch():
+    import subprocess
+    import sys
+
+    # torch costs a decode actor ~8 s and ~650 MiB, and decode actors are most of a node's processes
+    code = ("import sys; from etl.transforms.frames import FrameDecodeStage, FrameSpec; "
+            "from etl.pipeline import DecodeStage; DecodeStage('f', FrameSpec(), 'error', {}); "
+            "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,179 @@
+"""The run report: one self-contained `report.html` next to the tables, readable in a browser
+with no server (images inline as data URIs, no scripts, no external files).
+
+It holds samples/s per stage over time (from the per-second counts the write stage sends with
+each output), the commits, the quarantine breakdown by cause, a contact sheet (the first frame,
+caption and scores of samples spread over the run) and the config, models and plan.
+
+Written as `<output>/report.html` (the latest run) and `<output>/reports/<run_id>.html` (every
+run, so a backfill does not hide the report of the run it corrected).
+"""
+
+import base64
+import html
+import io
+import math
+import time
+from typing import Optional
+
+STAGES = ("read", "decode", "caption", "encode", "write")
+MAX_BINS = 150  # plot resolution: bins widen on long runs so the plot stays readable
+
+
+def rates_over_time(timeline: dict[str, dict[int, int]], start: float, end: float
+                    ) -> tuple[list[float], dict[str, list[float]], int]:
+    """(bin starts in seconds since `start`, {stage: rows/s per bin}, bin width in s)."""
+    duration = max(1.0, end - start)
+    width = max(1, math.ceil(duration / MAX_BINS))
+    bins = math.ceil(duration / width) + 1
+    rates = {}
+    for stage in STAGES:
+        counts = [0] * bins
+        for second, rows in timeline.get(stage, {}).items():
+            index = min(bins - 1, max(0, int((second - start) // width)))
+            counts[index] += rows
+        rates[stage] = [c / width for c in counts]
+    return [i * width for i in range(bins)], rates, width
+
+
+def stage_table(timeline: dict[str, dict[int, int]]) -> list[tuple[str, int, float, float]]:
+    """(stage, rows, mean rows/s while the stage was producing, peak rows/s over 1 s)."""
+    out = []
+    for stage in STAGES:
+        seconds = timeline.get(stage, {})
+        if not seconds:
+            continue
+        rows = sum(seconds.values())
+        active = max(seconds) - min(seconds) + 1
+        out.append((stage, rows, rows / active, float(max(seconds.values()))))
+    return out
+
+
+def _throughput_png(summary) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; also safe in Ray workers and CI
+    from matplotlib.figure import Figure
+
+    end = summary.started_at + max(summary.seconds, 1.0)
+    x, rates, width = rates_over_time(summary.timeline, summary.started_at, end)
+    figure = Figure(figsize=(9, 3.6), dpi=100)
+    axes = figure.add_subplot()
+    for stage in STAGES:
+        if any(rates[stage]):
+            axes.step(x, rates[stage], where="post", label=stage)
+    for i, at in enumerate(summary.commit_times):
+        axes.axvline(at - summary.started_at, color="0.6", linewidth=0.8, linestyle=":",
+                     label="commit" if i == 0 else None)
+    axes.set_xlabel("seconds since the run started")
+    axes.set_ylabel(f"samples/s ({width} s bins)")
+    axes.set_xlim(0, max(x[-1], 1))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper right", fontsize="small", ncol=3)
+    figure.tight_layout()
+    out = io.BytesIO()
+    figure.savefig(out, format="png")
+    return out.getvalue()
+
+
+def _data_uri(kind: str, payload: bytes) -> str:
+    return f"data:{kind};base64,{base64.b64encode(payload).decode()}"
+
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:20px} h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse} td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.sheet{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:12px}
+.card{border:1px solid #ddd;border-radius:4px;padding:6px;font-size:12px;overflow-wrap:anywhere}
+.card img{display:block;max-width:100%;margin:0 auto 4px}
+.failed{color:#b00020} pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}
+"""
+
+
+def render(summary, config_yaml: str, models: dict[str, str]) -> str:
+    """The report of one run as an HTML string (`summary` is an `etl.pipeline.RunSummary`)."""
+    e = html.escape
+    samples, quarantined = summary.rows.get("samples", 0), summary.rows.get("quarantine", 0)
+    total = sum(sum(v) for v in summary.per_shard.values()) or samples + quarantined
+    status = (f'<span class="failed">failed: {e(summary.error)}</span>' if summary.error else "finished")
+    first = f"{summary.first_commit_seconds:.1f} s" if summary.first_commit_seconds is not None else "none"
+    facts = [
+        ("status", status), ("mode", e(summary.mode)),
+        ("started", e(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(summary.started_at)))),
+        ("output", e(summary.output)), ("shards", f"{len(summary.shards)} processed, "
+                                                 f"{len(summary.skipped_shards)} skipped as finished"),
+        ("samples", f"{samples} committed, {quarantined} quarantined ({total} read)"),
+        ("duration", f"{summary.seconds:.1f} s, {total / summary.seconds if summary.seconds else 0:.1f} samples/s "
+                     f"end to end"),
+        ("first commit", f"{first}; {len(summary.commit_times)} commit round(s)"),
+    ]
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>run {e(summary.run_id)}</title>"
+             f"<style>{_STYLE}</style></head><body><h1>Curation run {e(summary.run_id)}</h1><table>"]
+    parts += [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts]
+    parts.append("</table><h2>Samples/s per stage over time</h2>")
+    if summary.timeline:
+        parts.append(f'<img alt="samples per second per stage over time" width=900 height=360 '
+                     f'src="{_data_uri("image/png", _throughput_png(summary))}">')
+        parts.append("<table><tr><th>stage</th><th>rows</th><th>mean rows/s while producing</th>"
+                     "<th>peak rows/s (1 s)</th></tr>")
+        parts += [f'<tr><td>{s}</td><td class=n>{n}</td><td class=n>{m:.1f}</td><td class=n>{p:.0f}</td></tr>'
+                  for s, n, m, p in stage_table(summary.timeline)]
+        parts.append("</table>")
+    else:
+        parts.append("<p>No rows reached the write stage.</p>")
+
+    parts.append("<h2>Quarantine by cause</h2>")
+    if summary.reasons:
+        parts.append("<table><tr><th>stage: cause</th><th>samples</th><th>share of samples read</th></tr>")
+        parts += [f"<tr><td>{e(reason)}</td><td class=n>{count}</td><td class=n>{count / max(total, 1):.2%}</td></tr>"
+                  for reason, count in sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
+        parts.append("</table><p>Every row, with its full reason, is in the <code>quarantine</code> table.</p>")
+    else:
+        parts.append("<p>No sample was quarantined.</p>")
+
+    parts.append("<h2>Contact sheet</h2>")
+    if summary.previews:
+        parts.append('<div class="sheet">')
+        for row in sorted(summary.previews, key=lambda r: (r["shard"], r["row"])):
+            scores = (f"quality {_score(row.get('quality'))}, aesthetics {_score(row.get('aesthetics'))}"
+                      if row.get("caption_parse_error") is None
+                      else f"no scores: {e(str(row['caption_parse_error']))}")
+            caption = row.get("caption") or ""
+            caption = caption if len(caption) <= 300 else caption[:300] + "..."
+            parts.append(f'<div class="card"><img alt="first frame of {e(row["sample_id"])}" '
+                         f'src="data:image/jpeg;base64,{row["jpeg"]}"><b>{e(row["sample_id"])}</b> '
+                         f'({row.get("frame_count", "?")} frames)<br>{scores}<br>{e(caption)}</div>')
+        parts.append("</div>")
+    else:
+        parts.append("<p>No committed sample to show.</p>")
+
+    parts.append("<h2>Models</h2><table>")
+    parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in models.items()]
+    parts.append(f"</table><h2>Config</h2><pre>{e(config_yaml)}</pre>")
+    parts.append(f"<h2>Plan</h2><pre>{e(summary.plan or 'not planned')}</pre>")
+    if summary.stage_stats:
+        parts.append(f"<details><summary>Ray Data stats</summary><pre>{e(summary.stage_stats)}</pre></details>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _score(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def write_report(summary, config) -> str:
+    """Render and write the report of `summary`'s run under `config.output`; returns its URI."""
+    import yaml
+
+    from etl import storage
+
+    models = {"captioner": f"{config.models.captioner.model} ({config.models.captioner.backend})",
+              "embedder": config.models.embedder.model, "vae": config.models.vae.model}
+    page = render(summary, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), models).encode()
+    for name in (f"reports/{summary.run_id}.html", "report.html"):
+        uri = storage.join(config.output, name)
+        fs, path = storage.resolve(uri)
+        storage.write_file(fs, path, page)
+    return storage.join(config.output, "report.html")
