@@ -115,6 +115,10 @@ class RayConfig(_Section):
     # Object store bytes the job's in-flight blocks may hold (None: Ray Data's default share of the
     # store). A bound keeps memory flat whatever the dataset size: reads wait for the slow stages.
     object_store_budget_mb: Optional[int] = Field(None, ge=64)
+    # Attempts after the first for a task or actor batch whose worker dies (node lost, OOM kill,
+    # segfault). Ray Data's default (-1) retries forever, so one batch that crashes its worker
+    # every time hangs the job; -1 restores it.
+    max_task_retries: int = Field(3, ge=-1)
 
 
 class JobConfig(_Section):

@@ -290,6 +290,14 @@ def error_class(reason: str) -> str:
     return re.split(r" \(|: ", detail, maxsplit=1)[0][:120]
 
 
+def retry_bounds(config: JobConfig) -> tuple[dict, dict]:
+    """(remote args for task stages, for actor stages) bounding retries after a worker dies.
+    Actors still restart without bound (a lost node); a batch is retried `max_task_retries`
+    times, then the job fails with its error instead of crashing workers forever."""
+    retries = config.ray.max_task_retries
+    return {"max_retries": retries}, {"max_task_retries": retries}
+
+
 def _absolute_model_paths(config: JobConfig) -> JobConfig:
     """Workers do not share the driver's working directory: ship absolute local paths."""
     models = config.models
@@ -437,28 +445,30 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
                            block_bytes=planner.READ_BLOCK_BYTES, max_bytes_per_task=config.read.max_task_mb << 20)
     previews = preview_rows(todo, {s: entries[s].samples for s in todo}, CONTACT_SHEET_SAMPLES)
     decode_rows = max(1, _DECODE_BUDGET_BYTES // (config.frames.max_frames * FrameDecodeStage.pixel_bytes_per_frame(spec)))
+    task_retries, actor_retries = retry_bounds(config)
     dataset = (
         ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(), num_cpus=plan.task_cpus,
-                                 memory=plan.read_task_memory)
+                                 memory=plan.read_task_memory, **task_retries)
         .map_batches(Prepare(image_column, config.read.text_column, config.read.id_column, config.sink.buckets),
-                     batch_format="pyarrow",
-                     num_cpus=plan.task_cpus, memory=plan.read_task_memory)  # same as the read: they fuse
+                     batch_format="pyarrow", num_cpus=plan.task_cpus, memory=plan.read_task_memory,
+                     **task_retries)  # the same remote args as the read: they fuse
         .map_batches(DecodeStage, fn_constructor_args=(FRAMES, spec, ERROR, previews), batch_format="pyarrow",
                      batch_size=decode_rows, num_cpus=plan.decode_cpus, memory=plan.decode_memory,
-                     compute=ActorPoolStrategy(size=plan.decode_actors))
+                     compute=ActorPoolStrategy(size=plan.decode_actors), **actor_retries)
         .map_batches(CaptionStage, fn_constructor_args=(config, TEXT if config.read.text_column else None),
                      batch_format="pyarrow",
                      batch_size=config.models.captioner.batch_size * 4, num_cpus=plan.engine_cpus,
                      num_gpus=plan.engine_gpus, memory=plan.engine_memory,
-                     compute=ActorPoolStrategy(size=plan.engines))
+                     compute=ActorPoolStrategy(size=plan.engines), **actor_retries)
         .map_batches(EncodeStage, fn_constructor_args=(config,), batch_format="pyarrow",
                      batch_size=config.models.embedder.batch_size, num_cpus=plan.encoder_cpus,
                      num_gpus=plan.encoder_gpus, memory=plan.encoder_memory,
-                     compute=ActorPoolStrategy(size=plan.encoders))
+                     compute=ActorPoolStrategy(size=plan.encoders), **actor_retries)
         .map_batches(WriteStage(config.output, schemas, run_id, {
                         "captioner": config.models.captioner.model, "embedder": config.models.embedder.model,
                         "vae": config.models.vae.model}),
-                     batch_format="pyarrow", batch_size=config.sink.rows_per_write, num_cpus=plan.task_cpus)
+                     batch_format="pyarrow", batch_size=config.sink.rows_per_write, num_cpus=plan.task_cpus,
+                     **task_retries)
     )
 
     if config.ray.object_store_budget_mb:

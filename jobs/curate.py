@@ -27,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="override any config key, e.g. --set sink.commit_every_shards=4 (repeatable)")
     parser.add_argument("--resume", action="store_true",
                         help="skip shards the output's ledger records as finished; redo the rest")
+    parser.add_argument("--summary-json", metavar="PATH",
+                        help="also write the run's summary (rows, commits, timings, report) as JSON here")
     return parser.parse_args(argv)
 
 
@@ -55,6 +57,19 @@ def parse_sets(items: list[str]) -> dict:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sink.buckets=64")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
+
+
+def write_summary_json(summary, path: str) -> None:
+    import json
+    from pathlib import Path
+
+    figures = {key: getattr(summary, key) for key in (
+        "run_id", "output", "mode", "seconds", "first_commit_seconds", "last_read_seconds",
+        "shards_read_after_first_commit", "rows", "commits", "files", "reasons", "report")}
+    figures.update(shards=len(summary.shards), skipped_shards=len(summary.skipped_shards),
+                   commit_seconds=[round(t - summary.started_at, 3) for t in summary.commit_times],
+                   committed_rows=summary.committed_rows)
+    Path(path).write_text(json.dumps(figures, indent=2))
 
 
 def main(argv=None) -> int:
@@ -86,6 +101,8 @@ def main(argv=None) -> int:
     except OSError as exc:  # storage still failing after the bounded retries
         print(f"run failed: storage error: {exc}", file=sys.stderr)
         return 1
+    if args.summary_json:
+        write_summary_json(summary, args.summary_json)
     if summary.skipped_shards:
         print(f"resume: {len(summary.skipped_shards)} shard(s) already finished, skipped")
     if summary.mode == "nothing to do":

@@ -1,6 +1,7 @@
 """End to end: a small MDS dataset with broken samples through the whole curation job."""
 
 import json
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -219,3 +220,34 @@ def test_each_run_writes_its_report_next_to_its_tables(dataset, two_runs):
         # the contact sheet: committed samples only, from shards spread over the run
         assert summary.previews and not {p["sample_id"] for p in summary.previews} & {f"clip-{i}" for i in broken}
         assert page.count('<div class="card">') == len(summary.previews) <= 24
+
+
+def _die(batch):
+    import os
+
+    os._exit(1)  # a worker that dies on this batch every time (a segfault, an OOM kill)
+
+
+class _DyingActor:
+    def __call__(self, batch):
+        _die(batch)
+
+
+@pytest.mark.parametrize("stage", ["task", "actor"])
+def test_a_batch_that_kills_its_worker_every_time_fails_the_job_instead_of_looping(stage, ray_local, tiny, tmp_path):
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    from etl.pipeline import retry_bounds
+
+    config = _config(tmp_path, tmp_path / "out", tiny, **{"ray.max_task_retries": 1})
+    task_retries, actor_retries = retry_bounds(config)
+    dataset = ray.data.range(4, override_num_blocks=1)
+    if stage == "task":
+        dataset = dataset.map_batches(_die, num_cpus=0.1, **task_retries)
+    else:
+        dataset = dataset.map_batches(_DyingActor, num_cpus=0.1, compute=ActorPoolStrategy(size=1), **actor_retries)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="(?i)died|crash|exit|unexpected|unavailable"):
+        dataset.take_all()
+    assert time.monotonic() - started < 120

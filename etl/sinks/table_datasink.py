@@ -40,10 +40,19 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         column = table.column(field.name)
         if not field.nullable and column.null_count:
             raise ValueError(f"column {field.name!r} holds {column.null_count} null(s); the schema forbids them")
-    try:
-        return table.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        raise ValueError(f"rows do not cast to the table schema: {exc}") from None
+    # Column by column, and only columns whose type differs: pyarrow 25 segfaults casting a
+    # list<fixed_shape_tensor> column even to its own type, which `Table.cast` does for every
+    # column as soon as any one differs (a write of 4096 rows crashed its worker, endlessly retried).
+    columns = []
+    for field in schema:
+        column = table.column(field.name)
+        if column.type != field.type:
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise ValueError(f"rows do not cast to the table schema: column {field.name!r}: {exc}") from None
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _stats(table: pa.Table) -> str:

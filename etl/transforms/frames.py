@@ -135,7 +135,8 @@ def decode_frame(data, spec: FrameSpec) -> Frame:
             request = (needed[1], needed[0]) if orientation in _SWAPS_AXES else needed
             image.draft("RGB", request)
         image.load()
-        image = _to_rgb(ImageOps.exif_transpose(image))
+        # exif_transpose copies the image even when nothing turns (~0.5 ms a 640x360 frame)
+        image = _to_rgb(ImageOps.exif_transpose(image) if orientation != 1 else image)
     except FrameError:
         raise
     except Exception as exc:

@@ -28,6 +28,19 @@ def test_conform_names_missing_and_unexpected_columns_and_nulls():
         conform(nulls, quarantine_schema())
 
 
+def test_conform_casts_only_the_columns_that_differ_and_keeps_tensor_lists_intact():
+    from tests.samples_tables import SCHEMA, sample_rows
+
+    # pyarrow 25 segfaults casting list<fixed_shape_tensor> (even to its own type), which
+    # Table.cast does to every column once any column needs a cast
+    rows = sample_rows(0, 12)
+    narrow = rows.set_column(rows.schema.get_field_index("row"), "row", pa.compute.cast(rows.column("row"), pa.int32()))
+    conformed = conform(pa.concat_tables([narrow.slice(0, 5), narrow.slice(5)]), SCHEMA)
+    assert conformed.schema == SCHEMA and conformed.equals(rows)
+    with pytest.raises(ValueError, match="column 'row'"):
+        conform(rows.set_column(rows.schema.get_field_index("row"), "row", pa.array(["x"] * 12)), SCHEMA)
+
+
 def test_delta_appends_commit_worker_written_files_per_bucket(tmp_path, ray_local):
     import ray.data
     from deltalake import DeltaTable

@@ -1,0 +1,169 @@
+"""Decode + resize: the CPU stage inside a Ray pipeline against its ceiling and against Daft,
+on the same 1280x720 JPEG frames, side by side in one run.
+
+    python benchmarks/bench_decode.py [--samples 400] [--frames-per-sample 8] [--rounds 3]
+
+- ceiling: a tight single-process Pillow loop (draft + resize to fit 448 px), frames/s x cores;
+- same-work loop: `decode_frame` (the stage's own function: the captioner view fitting 448 px
+  AND the 224 px encoder crop) in one process, x cores: what the stage could do with no Ray;
+- Ray: `read_mds` -> `FrameDecodeStage` on an actor pool sized from the cluster's CPUs, as the
+  pipeline runs it, consumed as the next stage would (frames/s from execution start; "steady"
+  leaves out the time to the first output: actor start-up);
+- Daft 0.7: `decode_image` + `resize` to 448x252 on its native runner (all cores), the peer.
+Targets: Ray >= 80% of the ceiling, Ray >= 2x Daft. Writes results/decode.json and decode.png.
+"""
+
+import argparse
+import io
+import os
+import statistics
+import time
+
+from common import DATA, bar_plot, save, table
+
+
+def dataset(samples: int, frames_per_sample: int, pool: list[bytes]):
+    from etl.mds import MDSWriter
+
+    path = DATA / f"decode-{samples}x{frames_per_sample}x1280x720"
+    if not (path / "index.json").exists():
+        with MDSWriter(str(path), columns={"frames": "jpeg_array"}, size_limit="64mb") as writer:
+            for i in range(samples):
+                writer.write({"frames": [pool[(i * frames_per_sample + k) % len(pool)]
+                                         for k in range(frames_per_sample)]})
+    return path
+
+
+def pillow_loop(frames: list[bytes]) -> None:
+    from PIL import Image
+
+    for data in frames:
+        image = Image.open(io.BytesIO(data))
+        image.draft("RGB", (448, 252))
+        image = image.convert("RGB")
+        image.thumbnail((448, 448), Image.BICUBIC)
+
+
+def stage_loop(frames: list[bytes], spec) -> None:
+    from etl.transforms.frames import decode_frame
+
+    for data in frames:
+        decode_frame(data, spec)
+
+
+def per_core_rate(run, frames: list[bytes], rounds: int) -> float:
+    run(frames[:4])  # imports and first-use costs out of the timing
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run(frames)
+        times.append(time.perf_counter() - started)
+    return len(frames) / statistics.median(times)
+
+
+def ray_stage(path, spec, cores: int, total_frames: int) -> dict:
+    import ray
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    import etl
+    from etl.planner import TASK_CPUS
+    from etl.transforms.frames import FrameDecodeStage
+
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        # as the planner sizes decode on a CPU-only node: one actor per core, the read tasks'
+        # share kept free (actors + a read task over the cluster hang)
+        actors = cores
+        per_actor = (cores - 2 * TASK_CPUS) / actors
+        batch_rows = max(1, (64 << 20) // (8 * FrameDecodeStage.pixel_bytes_per_frame(spec)))
+        started = time.perf_counter()
+        stream = (etl.read_mds(str(path), columns=["frames"], shards_per_task=1, block_bytes=16 << 20)
+                  .map_batches(FrameDecodeStage, fn_constructor_args=("frames", spec, "mds_error"),
+                               batch_format="pyarrow", batch_size=batch_rows, num_cpus=per_actor,
+                               compute=ActorPoolStrategy(size=actors)))
+        frames, first = 0, None
+        for batch in stream.iter_batches(batch_format="pyarrow", batch_size=None):
+            frames += sum(batch.column("frame_count").to_pylist())
+            if first is None:
+                first, first_frames = time.perf_counter(), frames
+        ended = time.perf_counter()
+    finally:
+        ray.shutdown()
+    assert frames == total_frames, (frames, total_frames)
+    return {"frames_per_s": frames / (ended - started),
+            "steady_frames_per_s": (frames - first_frames) / (ended - first),
+            "first_output_s": first - started, "actors": actors, "cpus_per_actor": per_actor}
+
+
+def daft_rate(frames: list[bytes], rounds: int) -> float:
+    import daft
+    from daft import col
+    from daft.functions import decode_image, resize
+
+    def once():
+        df = daft.from_pydict({"data": frames})
+        df = df.with_column("image", decode_image(col("data"))).with_column("small", resize(col("image"), 448, 252))
+        return df.select("small").collect()
+
+    once()
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        out = once()
+        times.append(time.perf_counter() - started)
+    assert len(out) == len(frames)
+    return len(frames) / statistics.median(times)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--frames-per-sample", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    from etl.synthetic import jpeg_frames
+    from etl.transforms.frames import FrameSpec
+
+    cores = os.cpu_count()
+    pool = jpeg_frames(64, 1280, 720)
+    frames = [pool[i % len(pool)] for i in range(args.samples * args.frames_per_sample)]
+    path = dataset(args.samples, args.frames_per_sample, pool)
+    spec = FrameSpec(max_pixels=448 * 256, crop_size=224)  # captioner view 448x224 for 16:9
+
+    loop = per_core_rate(pillow_loop, pool, args.rounds)
+    same_work = per_core_rate(lambda f: stage_loop(f, spec), pool, args.rounds)
+    ray_result = ray_stage(path, spec, cores, len(frames))
+    daft = daft_rate(frames, args.rounds)
+
+    ceiling = loop * cores
+    ray_rate = ray_result["frames_per_s"]
+    rows = [("ceiling: Pillow draft loop x cores", f"{ceiling:.0f}", f"{loop:.0f} x {cores}"),
+            ("same-work loop (decode_frame) x cores", f"{same_work * cores:.0f}", f"{same_work:.0f} x {cores}"),
+            ("Ray: read_mds -> FrameDecodeStage actors", f"{ray_rate:.0f}",
+             f"steady {ray_result['steady_frames_per_s']:.0f}, first output {ray_result['first_output_s']:.1f} s"),
+            ("Daft 0.7 decode_image + resize", f"{daft:.0f}", "native runner, all cores")]
+    print(f"{len(frames)} frames 1280x720 JPEG (mean {statistics.mean(map(len, pool)) / 1e3:.0f} KB) -> 448 px, "
+          f"{cores} cores")
+    table(rows, ("path", "frames/s", "detail"))
+    ratios = {"ray_over_ceiling": ray_rate / ceiling, "ray_over_daft": ray_rate / daft,
+              "ray_over_same_work_loop": ray_rate / (same_work * cores),
+              "same_work_loop_over_pillow_loop": same_work / loop}
+    print(f"  Ray / ceiling {ratios['ray_over_ceiling']:.2f} (target >= 0.80); Ray / Daft "
+          f"{ratios['ray_over_daft']:.2f}x (target >= 2); Ray / same-work loop {ratios['ray_over_same_work_loop']:.2f}; "
+          f"stage work / Pillow loop work {ratios['same_work_loop_over_pillow_loop']:.2f}")
+    bar_plot("decode", f"decode + resize, 1280x720 JPEG -> 448 px, {cores} cores",
+             ["ceiling (Pillow loop x cores)", "same-work loop x cores", "Ray CPU stage", "Daft 0.7"],
+             [ceiling, same_work * cores, ray_rate, daft], "frames/s", 0.8 * ceiling, "80% of the ceiling")
+    save("decode", {"frames": len(frames), "cores": cores,
+                    "frames_per_s": {"ceiling": ceiling, "pillow_loop_per_core": loop,
+                                     "same_work_loop": same_work * cores, "ray": ray_rate,
+                                     "ray_steady": ray_result["steady_frames_per_s"], "daft": daft},
+                    "ray": ray_result, "ratios": ratios, "targets": {"ray_over_ceiling": 0.8, "ray_over_daft": 2.0},
+                    "args": vars(args)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Memory flatness: the whole curation job on 10K and on 100K samples of the same shape, peak
+memory of everything it runs (driver, Ray's daemons, workers, object store) and the time to the
+first commit, side by side in one invocation.
+
+    python benchmarks/bench_memory.py [--sizes 10000 100000]
+
+Each run is `python -m jobs.curate` with its own local Ray (2 CPUs here), the tiny models and
+one 96x64 JPEG per sample (benchmarks/common.py SMALL_JOB), sampled every 0.5 s: the sum of PSS
+over the job's process tree (shared pages such as the object store counted once).
+Targets: the largest run's peak <= 1.25x the smallest run's; time to first commit flat.
+Writes results/memory.json and memory.png (memory over time per run).
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import REPO, SMALL_JOB, MemorySampler, save, small_dataset, table
+
+GIB = 2**30
+
+
+def curate(input_path: Path, output: Path, summary_path: Path, extra_sets: dict) -> subprocess.Popen:
+    sets = [arg for key, value in {**SMALL_JOB, **extra_sets}.items() for arg in ("--set", f"{key}={value}")]
+    return subprocess.Popen([sys.executable, "-m", "jobs.curate", "--config", "jobs/configs/local.yaml",
+                             "--input", str(input_path), "--output", str(output), "--text-column", "caption",
+                             "--ray-address", "local", "--summary-json", str(summary_path), *sets],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def measured_run(samples: int, work: Path, extra_sets: dict) -> dict:
+    path = small_dataset(samples, samples_per_shard=1000)
+    output, summary_path = work / f"out-{samples}", work / f"summary-{samples}.json"
+    process = curate(path, output, summary_path, extra_sets)
+    with MemorySampler(process.pid) as sampler:
+        log, _ = process.communicate()
+    if process.returncode:
+        raise SystemExit(f"the {samples}-sample run failed:\n{log[-4000:]}")
+    summary = json.loads(summary_path.read_text())
+    assert summary["rows"].get("samples", 0) + summary["rows"].get("quarantine", 0) == samples, summary["rows"]
+    return {"samples": samples, "peak_gib": sampler.peak_bytes / GIB, "seconds": summary["seconds"],
+            "samples_per_s": samples / summary["seconds"], "first_commit_s": summary["first_commit_seconds"],
+            "commits": summary["commits"].get("samples", 0), "shards": summary["shards"],
+            "memory_over_time": [(t, round(b / GIB, 3)) for t, b in sampler.samples]}
+
+
+def plot(runs: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from common import RESULTS
+
+    figure = Figure(figsize=(8, 3.6), dpi=100)
+    axes = figure.add_subplot()
+    for run in runs:
+        t, gib = zip(*run["memory_over_time"])
+        axes.plot([x / run["seconds"] for x in t], gib, label=f"{run['samples']:,} samples ({run['seconds']:.0f} s)")
+    axes.set_xlabel("fraction of the run")
+    axes.set_ylabel("GiB (PSS, whole job)")
+    axes.set_ylim(0, None)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    axes.set_title("memory of the whole job over the run", fontsize="medium")
+    figure.tight_layout()
+    figure.savefig(RESULTS / "memory.png")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra job config")
+    args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.set)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    try:
+        runs = [measured_run(samples, work, extra) for samples in args.sizes]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    small, large = runs[0], runs[-1]
+    ratio = large["peak_gib"] / small["peak_gib"]
+    table([(f"{r['samples']:,}", f"{r['peak_gib']:.2f}", f"{r['first_commit_s']:.1f}", f"{r['seconds']:.0f}",
+            f"{r['samples_per_s']:.0f}", r["commits"]) for r in runs],
+          ("samples", "peak GiB", "first commit s", "total s", "samples/s", "commits"))
+    print(f"  peak {large['samples']:,} / {small['samples']:,}: {ratio:.2f}x (target <= 1.25); first commit "
+          f"{small['first_commit_s']:.1f} s -> {large['first_commit_s']:.1f} s")
+    plot(runs)
+    save("memory", {"runs": runs, "peak_ratio": ratio, "target_peak_ratio": 1.25, "job": SMALL_JOB, "extra": extra})
+
+
+if __name__ == "__main__":
+    main()
