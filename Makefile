@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip >/dev/null
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
 	# uv reads PyPI directly, so torch is the regular 2.13.0 build (not a local CPU-only wheel).
-	$(UV) pip install --python $(PY) --quiet -e '.[models,test]'
+	$(UV) pip install --python $(PY) --quiet -e '.[models,test,bench]'
 	$(UV) pip install --python $(PY) --quiet --no-deps $(REFERENCE_MDS)
 	touch $(STAMP)
 
@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(PY) -m jobs.demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_mds_read.py
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -32,6 +32,18 @@ def curate(input_path: Path, output: Path, summary_path: Path, extra_sets: dict)
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def worker_crashes(driver_pid: int) -> int:
+    """Ray workers of the run that died of a system error (segfault, OOM kill, lost
+    connection), as its GCS logged them; the session directory ends with the driver's pid."""
+    import re
+
+    sessions = sorted(Path("/tmp/ray").glob(f"session_*_{driver_pid}"))
+    if not sessions:
+        return -1  # unknown: no session directory found
+    log = (sessions[-1] / "logs" / "gcs_server.out").read_text(errors="replace")
+    return len(re.findall(r"gcs_worker_manager.*exit_type = SYSTEM_ERROR", log))
+
+
 def measured_run(samples: int, work: Path, extra_sets: dict) -> dict:
     path = small_dataset(samples, samples_per_shard=1000)
     output, summary_path = work / f"out-{samples}", work / f"summary-{samples}.json"
@@ -45,6 +57,7 @@ def measured_run(samples: int, work: Path, extra_sets: dict) -> dict:
     return {"samples": samples, "peak_gib": sampler.peak_bytes / GIB, "seconds": summary["seconds"],
             "samples_per_s": samples / summary["seconds"], "first_commit_s": summary["first_commit_seconds"],
             "commits": summary["commits"].get("samples", 0), "shards": summary["shards"],
+            "worker_crashes": worker_crashes(process.pid),
             "memory_over_time": [(t, round(b / GIB, 3)) for t, b in sampler.samples]}
 
 
@@ -60,8 +73,9 @@ def plot(runs: list[dict]) -> None:
     axes = figure.add_subplot()
     for run in runs:
         t, gib = zip(*run["memory_over_time"])
-        axes.plot([x / run["seconds"] for x in t], gib, label=f"{run['samples']:,} samples ({run['seconds']:.0f} s)")
-    axes.set_xlabel("fraction of the run")
+        axes.plot(t, gib, label=f"{run['samples']:,} samples ({run['seconds']:.0f} s)")
+    axes.set_xscale("log")
+    axes.set_xlabel("seconds since the job process started (log scale)")
     axes.set_ylabel("GiB (PSS, whole job)")
     axes.set_ylim(0, None)
     axes.grid(alpha=0.3)
@@ -86,8 +100,8 @@ def main(argv=None) -> None:
     small, large = runs[0], runs[-1]
     ratio = large["peak_gib"] / small["peak_gib"]
     table([(f"{r['samples']:,}", f"{r['peak_gib']:.2f}", f"{r['first_commit_s']:.1f}", f"{r['seconds']:.0f}",
-            f"{r['samples_per_s']:.0f}", r["commits"]) for r in runs],
-          ("samples", "peak GiB", "first commit s", "total s", "samples/s", "commits"))
+            f"{r['samples_per_s']:.0f}", r["commits"], r["worker_crashes"]) for r in runs],
+          ("samples", "peak GiB", "first commit s", "total s", "samples/s", "commits", "worker crashes"))
     print(f"  peak {large['samples']:,} / {small['samples']:,}: {ratio:.2f}x (target <= 1.25); first commit "
           f"{small['first_commit_s']:.1f} s -> {large['first_commit_s']:.1f} s")
     plot(runs)

@@ -23,8 +23,9 @@ SMALL_JOB = {
     "frames.min_pixels": 64 * 64, "frames.max_pixels": 64 * 64, "frames.crop_size": 64,
     "models.captioner.max_new_tokens": 8, "models.captioner.batch_size": 64,
     "models.embedder.batch_size": 256, "models.vae.batch_size": 256,
-    "read.shards_per_task": 1, "sink.buckets": 16, "sink.rows_per_write": 4096,
-    "sink.commit_every_shards": 64, "sink.commit_every_files": 256, "sink.commit_every_minutes": 2,
+    "read.shards_per_task": 1, "sink.buckets": 16, "sink.rows_per_write": 2048,
+    # a commit round at least every 30 s (whichever cadence comes first), as a job people watch
+    "sink.commit_every_shards": 32, "sink.commit_every_files": 512, "sink.commit_every_minutes": 0.5,
 }
 
 

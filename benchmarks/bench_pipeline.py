@@ -1,0 +1,132 @@
+"""Orchestration overhead: the whole curation job's samples/s against its slowest stage run
+alone, with the tiny models, on the same samples, side by side in one invocation.
+
+    python benchmarks/bench_pipeline.py [--samples 10000]
+
+Alone: each stage's own callable (`etl.pipeline` DecodeStage, CaptionStage, EncodeStage,
+WriteStage) in this process, on the batches the stage before it produced, with one torch
+thread (what a fractional-CPU Ray actor gets), setup excluded. End to end: `etl.pipeline.run`
+on a local Ray with 2 CPUs. "Steady" is the write stage's rate between 10% and 90% of the rows
+(actor start-up excluded); "wall" includes start-up. The CPU bound is cores / (sum of every
+stage's seconds per row): what this box could do if orchestration cost nothing, since every
+stage shares the same cores here. Target: steady end to end >= 80% of the slowest stage alone.
+Writes results/pipeline.json and pipeline.png.
+"""
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from common import SMALL_JOB, bar_plot, save, small_dataset, table
+
+
+def job_config(input_path: Path, output: Path):
+    from etl.config import load_config
+
+    return load_config("jobs/configs/local.yaml", {**SMALL_JOB, "input": str(input_path), "output": str(output),
+                                                   "read.text_column": "caption"})
+
+
+def stages_alone(config, samples: int) -> dict[str, float]:
+    """rows/s of each stage run alone, on its real input batches."""
+    import pyarrow as pa
+    import torch
+
+    import etl
+    from etl import pipeline
+    from etl.models.encoders import embedding_dim, latent_shape
+    from etl.transforms.frames import FrameSpec
+    from schemas.tables import quarantine_schema, samples_schema
+
+    torch.set_num_threads(1)
+    config = pipeline._absolute_model_paths(config)
+    rows = etl.read_mds(config.input, columns=["caption", "frames"]).take_batch(samples, batch_format="pyarrow")
+    prepared = pipeline.Prepare("frames", "caption", None, config.sink.buckets)(rows)
+    spec = FrameSpec(min_pixels=config.frames.min_pixels, max_pixels=config.frames.max_pixels,
+                     crop_size=config.frames.crop_size)
+    crop = config.frames.crop_size
+    schemas = {"samples": samples_schema(embedding_dim(config.models.embedder.model),
+                                         latent_shape(config.models.vae.model, crop, crop)),
+               "quarantine": quarantine_schema()}
+    stages = [
+        ("decode", lambda: pipeline.DecodeStage(pipeline.FRAMES, spec, pipeline.ERROR, {}), 256),
+        ("caption", lambda: pipeline.CaptionStage(config, pipeline.TEXT), config.models.captioner.batch_size * 4),
+        ("encode", lambda: pipeline.EncodeStage(config), config.models.embedder.batch_size),
+        ("write", lambda: pipeline.WriteStage(str(Path(config.output) / "alone"), schemas, "alone",
+                                              {"captioner": "c", "embedder": "e", "vae": "v"}),
+         config.sink.rows_per_write),
+    ]
+    rates, batch = {}, prepared
+    for name, make, batch_rows in stages:
+        stage = make()
+        stage(batch.slice(0, min(8, batch.num_rows)))  # first-call costs out of the timing
+        outputs, started = [], time.perf_counter()
+        for start in range(0, batch.num_rows, batch_rows):
+            outputs.append(stage(batch.slice(start, batch_rows)))
+        rates[name] = batch.num_rows / (time.perf_counter() - started)
+        if name != "write":
+            batch = pa.concat_tables(outputs)
+    return rates
+
+
+def end_to_end(config) -> dict:
+    from etl import pipeline
+
+    summary = pipeline.run(config)
+    total = sum(summary.rows.values())
+    written = sorted(summary.timeline["write"].items())
+    done, t10, t90 = 0, None, None
+    for second, count in written:
+        done += count
+        if t10 is None and done >= 0.1 * total:
+            t10, rows10 = second, done
+        if t90 is None and done >= 0.9 * total:
+            t90, rows90 = second, done
+    steady = (rows90 - rows10) / max(1, t90 - t10)
+    return {"rows": total, "seconds": summary.seconds, "wall_samples_per_s": total / summary.seconds,
+            "steady_samples_per_s": steady, "first_commit_s": summary.first_commit_seconds}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=10_000)
+    args = parser.parse_args(argv)
+
+    import ray
+    import ray.data
+
+    cores = os.cpu_count()
+    path = small_dataset(args.samples, samples_per_shard=1000)
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        alone = stages_alone(job_config(path, work / "alone"), min(args.samples, 4096))
+        e2e = end_to_end(job_config(path, work / "e2e"))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    slowest = min(alone, key=alone.get)
+    cpu_bound = cores / sum(1 / rate for rate in alone.values())
+    overhead = 1 - e2e["steady_samples_per_s"] / alone[slowest]
+    rows = [(f"{name} alone (1 thread)", f"{rate:.0f}") for name, rate in alone.items()]
+    rows += [(f"CPU bound: {cores} cores / sum of stage costs", f"{cpu_bound:.0f}"),
+             ("end to end, steady (10%-90% of rows)", f"{e2e['steady_samples_per_s']:.0f}"),
+             ("end to end, wall (incl. start-up)", f"{e2e['wall_samples_per_s']:.0f}")]
+    print(f"{args.samples} samples x 1 frame 96x64, tiny models, {cores} cores")
+    table(rows, ("path", "samples/s"))
+    print(f"  overhead vs slowest stage alone ({slowest}): {overhead:.0%} (target <= 20%); "
+          f"steady / CPU bound {e2e['steady_samples_per_s'] / cpu_bound:.2f}")
+    bar_plot("pipeline", f"samples/s, tiny models, {cores} cores",
+             [r[0] for r in rows], [float(r[1]) for r in rows], "samples/s",
+             0.8 * alone[slowest], "80% of the slowest stage alone")
+    save("pipeline", {"samples": args.samples, "alone_samples_per_s": alone, "slowest": slowest,
+                      "cpu_bound_samples_per_s": cpu_bound, "end_to_end": e2e, "overhead": overhead,
+                      "target_overhead": 0.2, "job": SMALL_JOB})
+
+
+if __name__ == "__main__":
+    main()
