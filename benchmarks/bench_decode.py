@@ -20,19 +20,7 @@ import os
 import statistics
 import time
 
-from common import DATA, bar_plot, save, table
-
-
-def dataset(samples: int, frames_per_sample: int, pool: list[bytes]):
-    from etl.mds import MDSWriter
-
-    path = DATA / f"decode-{samples}x{frames_per_sample}x1280x720"
-    if not (path / "index.json").exists():
-        with MDSWriter(str(path), columns={"frames": "jpeg_array"}, size_limit="64mb") as writer:
-            for i in range(samples):
-                writer.write({"frames": [pool[(i * frames_per_sample + k) % len(pool)]
-                                         for k in range(frames_per_sample)]})
-    return path
+from common import bar_plot, save, synthetic_dataset, table
 
 
 def pillow_loop(frames: list[bytes]) -> None:
@@ -130,9 +118,12 @@ def main(argv=None) -> None:
     from etl.transforms.frames import FrameSpec
 
     cores = os.cpu_count()
-    pool = jpeg_frames(64, 1280, 720)
+    # the dataset's frames are drawn from this pool (etl.synthetic.samples, seed 0): every path
+    # below decodes the same images
+    path = synthetic_dataset(args.samples, frames=args.frames_per_sample, width=1280, height=720,
+                             samples_per_shard=60)
+    pool = jpeg_frames(16, 1280, 720)
     frames = [pool[i % len(pool)] for i in range(args.samples * args.frames_per_sample)]
-    path = dataset(args.samples, args.frames_per_sample, pool)
     spec = FrameSpec(max_pixels=448 * 256, crop_size=224)  # captioner view 448x224 for 16:9
 
     loop = per_core_rate(pillow_loop, pool, args.rounds)

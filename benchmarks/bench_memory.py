@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, SMALL_JOB, MemorySampler, save, small_dataset, table
+from common import REPO, SMALL_JOB, MemorySampler, save, synthetic_dataset, table
 
 GIB = 2**30
 
@@ -45,7 +45,7 @@ def worker_crashes(driver_pid: int) -> int:
 
 
 def measured_run(samples: int, work: Path, extra_sets: dict) -> dict:
-    path = small_dataset(samples, samples_per_shard=1000)
+    path = synthetic_dataset(samples, samples_per_shard=1000)
     output, summary_path = work / f"out-{samples}", work / f"summary-{samples}.json"
     process = curate(path, output, summary_path, extra_sets)
     with MemorySampler(process.pid) as sampler:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import SMALL_JOB, bar_plot, save, small_dataset, table
+from common import SMALL_JOB, bar_plot, save, synthetic_dataset, table
 
 
 def job_config(input_path: Path, output: Path):
@@ -37,22 +37,15 @@ def stages_alone(config, samples: int) -> dict[str, float]:
 
     import etl
     from etl import pipeline
-    from etl.models.encoders import embedding_dim, latent_shape
-    from etl.transforms.frames import FrameSpec
-    from schemas.tables import quarantine_schema, samples_schema
 
     torch.set_num_threads(1)
     config = pipeline._absolute_model_paths(config)
     rows = etl.read_mds(config.input, columns=["caption", "frames"]).take_batch(samples, batch_format="pyarrow")
     prepared = pipeline.Prepare("frames", "caption", None, config.sink.buckets)(rows)
-    spec = FrameSpec(min_pixels=config.frames.min_pixels, max_pixels=config.frames.max_pixels,
-                     crop_size=config.frames.crop_size)
-    crop = config.frames.crop_size
-    schemas = {"samples": samples_schema(embedding_dim(config.models.embedder.model),
-                                         latent_shape(config.models.vae.model, crop, crop)),
-               "quarantine": quarantine_schema()}
+    spec, schemas = pipeline.frame_spec(config), pipeline.table_schemas(config)
     stages = [
-        ("decode", lambda: pipeline.DecodeStage(pipeline.FRAMES, spec, pipeline.ERROR, {}), 256),
+        ("decode", lambda: pipeline.DecodeStage(pipeline.FRAMES, spec, pipeline.ERROR, pipeline.PreviewRows()),
+         pipeline.decode_batch_rows(config)),
         ("caption", lambda: pipeline.CaptionStage(config, pipeline.TEXT), config.models.captioner.batch_size * 4),
         ("encode", lambda: pipeline.EncodeStage(config), config.models.embedder.batch_size),
         ("write", lambda: pipeline.WriteStage(str(Path(config.output) / "alone"), schemas, "alone",
@@ -99,7 +92,7 @@ def main(argv=None) -> None:
     import ray.data
 
     cores = os.cpu_count()
-    path = small_dataset(args.samples, samples_per_shard=1000)
+    path = synthetic_dataset(args.samples, samples_per_shard=1000)
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -4,7 +4,7 @@ memory a job uses (driver, Ray's daemons and workers, and the object store) whil
 
 import json
 import os
-import subprocess
+import shutil
 import sys
 import threading
 import time
@@ -29,26 +29,27 @@ SMALL_JOB = {
 }
 
 
-def small_dataset(samples: int, *, frames: int = 1, width: int = 96, height: int = 64,
-                  samples_per_shard: int = 2000) -> Path:
-    """An MDS dataset of `samples` rows {id, caption, frames}: `frames` JPEGs of width x height
-    each, drawn from a pool of 64 distinct frames. Built once, then reused from benchmarks/data."""
+def synthetic_dataset(samples: int, *, frames: int = 1, width: int = 96, height: int = 64,
+                      samples_per_shard: int = 2000) -> Path:
+    """An MDS dataset of `etl.synthetic.samples` rows {id, caption, frames} with exactly `frames`
+    JPEGs of width x height each, about `samples_per_shard` per shard. Built once, then reused
+    from benchmarks/data."""
     from etl.mds import MDSWriter
-    from etl.synthetic import jpeg_frames
+    from etl.synthetic import samples as synthetic_samples
 
-    path = DATA / f"small-{samples}x{frames}x{width}x{height}"
+    path = DATA / f"synthetic-{samples}x{frames}x{width}x{height}-{samples_per_shard}"
     if (path / "index.json").exists():
         return path
-    pool = jpeg_frames(64, width, height)
+    rows = synthetic_samples(samples, width=width, height=height, min_frames=frames, max_frames=frames)
+    first = next(rows)
+    per_sample = sum(len(f) + 4 for f in first["frames"]) + 64  # the frame pool's sizes barely vary
     partial = path.with_name(path.name + ".partial")
-    subprocess.run(["rm", "-rf", str(partial)], check=True)
-    # a size limit that cuts a shard every `samples_per_shard` samples
-    per_sample = frames * (max(len(f) for f in pool) + 4) + 64
+    shutil.rmtree(partial, ignore_errors=True)
     with MDSWriter(str(partial), columns={"id": "int", "caption": "str", "frames": "jpeg_array"},
-                   size_limit=per_sample * samples_per_shard) as writer:
-        for i in range(samples):
-            writer.write({"id": i, "caption": f"synthetic clip {i}",
-                          "frames": [pool[(i * 7 + k) % len(pool)] for k in range(frames)]})
+                   size_limit=int(per_sample * samples_per_shard * 1.05)) as writer:
+        writer.write(first)
+        for row in rows:
+            writer.write(row)
     partial.rename(path)
     return path
 

@@ -52,7 +52,6 @@ class RunProgress:
     reasons: dict[str, int] = field(default_factory=dict)
     read_times: dict[int, float] = field(default_factory=dict)
     commit_times: list[float] = field(default_factory=list)         # unix seconds of each round
-    committed_rows: list[int] = field(default_factory=list)         # samples + quarantine rows after each round
     timeline: dict[str, dict[int, int]] = field(default_factory=dict)  # stage -> unix second -> rows done
     previews: list[dict] = field(default_factory=list)              # contact-sheet rows (bounded by the plan)
     ledgered: set = field(default_factory=set)
@@ -169,7 +168,6 @@ class RunCommitter:
                       f"run-{self.run_id}-{self._rounds:05d}")
         self.progress.ledgered.update(f.shard for f in finished)
         self.progress.commit_times.append(time.time())
-        self.progress.committed_rows.append(sum(self.progress.rows.get(name, 0) for name in TABLES))
         self._finished_since_commit = 0
         self._last_commit = time.monotonic()
 

@@ -99,32 +99,43 @@ def _stamped(batch: pa.Table, stage: str) -> pa.Table:
     return batch.append_column(STAGE_DONE_AT[stage], pa.array(np.full(batch.num_rows, time.time())))
 
 
-def preview_rows(shards: list[int], rows_per_shard: dict[int, int], wanted: int) -> dict[int, int]:
-    """{shard: rows} whose first rows get a preview: about `wanted` rows, from shards spread
-    evenly over the run, so the report's memory does not grow with the dataset."""
+@dataclass(frozen=True)
+class PreviewRows:
+    """Which rows get a contact-sheet preview: the first `rows` of each of `shards`."""
+
+    shards: tuple[int, ...] = ()
+    rows: int = 0
+
+
+def preview_rows(shards: list[int], rows_per_shard: dict[int, int], wanted: int) -> PreviewRows:
+    """About `wanted` rows from shards spread evenly over the run, so the report's memory does
+    not grow with the dataset."""
     nonempty = [s for s in shards if rows_per_shard.get(s, 0)]
     if not nonempty or wanted <= 0:
-        return {}
-    picked = [nonempty[round(i * (len(nonempty) - 1) / max(1, wanted - 1))] for i in range(min(wanted, len(nonempty)))]
-    per_shard = -(-wanted // len(set(picked)))
-    return {shard: per_shard for shard in dict.fromkeys(picked)}
+        return PreviewRows()
+    count = min(wanted, len(nonempty))
+    picked = dict.fromkeys(nonempty[round(i * (len(nonempty) - 1) / max(1, count - 1))] for i in range(count))
+    return PreviewRows(tuple(picked), -(-wanted // len(picked)))
 
 
 class DecodeStage(FrameDecodeStage):
     """The CPU stage of the plan: frames decoded, the completion time stamped, and a small JPEG
     of the first frame for the rows the report's contact sheet shows (`preview_rows`)."""
 
-    def __init__(self, image_column: str, spec: FrameSpec, error_column: str, previews: dict[int, int]):
+    def __init__(self, image_column: str, spec: FrameSpec, error_column: str, previews: PreviewRows):
         super().__init__(image_column, spec, error_column)
         self.previews = previews
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch = super().__call__(batch)
-        wanted = [self.previews.get(shard, 0) > row and error is None for shard, row, error in zip(
-            batch.column("shard").to_pylist(), batch.column("row").to_pylist(), batch.column(ERROR).to_pylist())]
+        wanted = pc.and_(pc.and_(pc.is_in(batch.column("shard"), pa.array(self.previews.shards, pa.int64())),
+                                 pc.less(batch.column("row"), self.previews.rows)),
+                         pc.and_(pc.is_null(batch.column(ERROR)),
+                                 pc.greater(pc.list_value_length(batch.column("caption_frames")), 0)))
+        previews = [None] * batch.num_rows
         views = batch.column("caption_frames")
-        previews = [_preview_jpeg(views[i].as_py()[0]) if want and len(views[i]) else None
-                    for i, want in enumerate(wanted)]
+        for i in np.flatnonzero(np.asarray(wanted)):  # a handful of rows per run
+            previews[i] = _preview_jpeg(views[int(i)][0].as_py())
         return _stamped(batch.append_column(PREVIEW, pa.array(previews, pa.binary())), "decode")
 
 
@@ -290,6 +301,29 @@ def error_class(reason: str) -> str:
     return re.split(r" \(|: ", detail, maxsplit=1)[0][:120]
 
 
+def frame_spec(config: JobConfig) -> FrameSpec:
+    frames = config.frames
+    return FrameSpec(min_pixels=frames.min_pixels, max_pixels=frames.max_pixels, crop_size=frames.crop_size,
+                     max_image_pixels=frames.max_image_pixels, use_draft=frames.use_draft)
+
+
+def decode_batch_rows(config: JobConfig) -> int:
+    """Samples per decode batch: at most _DECODE_BUDGET_BYTES of decoded pixels."""
+    per_frame = FrameDecodeStage.pixel_bytes_per_frame(frame_spec(config))
+    return max(1, _DECODE_BUDGET_BYTES // (config.frames.max_frames * per_frame))
+
+
+def table_schemas(config: JobConfig) -> dict[str, pa.Schema]:
+    """The run's table schemas; tensor shapes come from the checkpoints' configs (no weights)."""
+    from etl.models.encoders import embedding_dim, latent_shape
+    from schemas.tables import quarantine_schema, runs_schema, samples_schema
+
+    crop = config.frames.crop_size
+    return {"samples": samples_schema(embedding_dim(config.models.embedder.model),
+                                      latent_shape(config.models.vae.model, crop, crop)),
+            "quarantine": quarantine_schema(), "runs": runs_schema()}
+
+
 def retry_bounds(config: JobConfig) -> tuple[dict, dict]:
     """(remote args for task stages, for actor stages) bounding retries after a worker dies.
     Actors still restart without bound (a lost node); a batch is retried `max_task_retries`
@@ -329,7 +363,6 @@ class RunSummary:
     stage_stats: str = ""
     plan: str = ""                       # what each stage got on this cluster (planner.Plan.describe)
     started_at: float = 0.0              # unix seconds
-    committed_rows: list[int] = field(default_factory=list)   # samples + quarantine after each commit round
     timeline: dict[str, dict[int, int]] = field(default_factory=dict)  # stage -> unix second -> rows done
     previews: list[dict] = field(default_factory=list)        # the report's contact sheet
     error: Optional[str] = None          # why the run failed, when it did
@@ -379,7 +412,6 @@ def _summarize(summary: RunSummary, progress, started: float, started_wall: floa
     if progress.read_times:
         summary.last_read_seconds = max(progress.read_times.values()) - started_wall
     summary.commit_times = list(progress.commit_times)
-    summary.committed_rows = list(progress.committed_rows)
     summary.timeline = {stage: dict(seconds) for stage, seconds in progress.timeline.items()}
     summary.previews = list(progress.previews)
     if progress.commit_times:
@@ -398,7 +430,6 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     from etl.mds import load_index
     from etl.models.tiny import ensure_tiny_models
     from etl.sources.mds_datasource import MDSDatasource
-    from schemas.tables import quarantine_schema, runs_schema, samples_schema
 
     started, started_wall = time.perf_counter(), time.time()
     config = _absolute_model_paths(config)
@@ -416,12 +447,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     image_column = choose_image_column(encodings, config.read.image_column)
     columns = [c for c in (image_column, config.read.text_column, config.read.id_column) if c]
 
-    from etl.models.encoders import embedding_dim, latent_shape
-
-    crop = config.frames.crop_size  # output shapes from the checkpoints' configs: no weights on the driver
-    schemas = {"samples": samples_schema(embedding_dim(config.models.embedder.model),
-                                         latent_shape(config.models.vae.model, crop, crop)),
-               "quarantine": quarantine_schema(), "runs": runs_schema()}
+    schemas = table_schemas(config)
 
     todo, skipped, mode = plan_shards(config, schemas, len(entries), resume)
     if not todo:
@@ -436,15 +462,12 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     # The same plan `python -m jobs.plan` prints, against the live cluster: refused before any work
     sizes = [estimate_decoded_bytes(entries[s], columns) for s in todo]
     plan = planner.plan(planner.nodes_from_ray(ray.nodes()), config, planner.footprints_of(config), sizes)
-    spec = FrameSpec(min_pixels=config.frames.min_pixels, max_pixels=config.frames.max_pixels,
-                     crop_size=crop, max_image_pixels=config.frames.max_image_pixels,
-                     use_draft=config.frames.use_draft)
+    spec = frame_spec(config)
     source = MDSDatasource(config.input, shards=todo, columns=columns,
                            verify_hashes=config.read.verify_hashes, shards_per_task=config.read.shards_per_task,
                            on_bad_shard="quarantine", max_image_pixels=config.frames.max_image_pixels,
                            block_bytes=planner.READ_BLOCK_BYTES, max_bytes_per_task=config.read.max_task_mb << 20)
     previews = preview_rows(todo, {s: entries[s].samples for s in todo}, CONTACT_SHEET_SAMPLES)
-    decode_rows = max(1, _DECODE_BUDGET_BYTES // (config.frames.max_frames * FrameDecodeStage.pixel_bytes_per_frame(spec)))
     task_retries, actor_retries = retry_bounds(config)
     dataset = (
         ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(), num_cpus=plan.task_cpus,
@@ -454,7 +477,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
                      batch_format="pyarrow", num_cpus=plan.task_cpus, memory=plan.read_task_memory,
                      **task_retries)  # the same remote args as the read: they fuse
         .map_batches(DecodeStage, fn_constructor_args=(FRAMES, spec, ERROR, previews), batch_format="pyarrow",
-                     batch_size=decode_rows, num_cpus=plan.decode_cpus, memory=plan.decode_memory,
+                     batch_size=decode_batch_rows(config), num_cpus=plan.decode_cpus, memory=plan.decode_memory,
                      compute=ActorPoolStrategy(size=plan.decode_actors), **actor_retries)
         .map_batches(CaptionStage, fn_constructor_args=(config, TEXT if config.read.text_column else None),
                      batch_format="pyarrow",

@@ -110,26 +110,23 @@ def render(summary, config_yaml: str, models: dict[str, str]) -> str:
         ("first commit", f"{first}; {len(summary.commit_times)} commit round(s)"),
     ]
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>run {e(summary.run_id)}</title>"
-             f"<style>{_STYLE}</style></head><body><h1>Curation run {e(summary.run_id)}</h1><table>"]
-    parts += [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts]
-    parts.append("</table><h2>Samples/s per stage over time</h2>")
+             f"<style>{_STYLE}</style></head><body><h1>Curation run {e(summary.run_id)}</h1>",
+             _table(facts, keys=True), "<h2>Samples/s per stage over time</h2>"]
     if summary.timeline:
         parts.append(f'<img alt="samples per second per stage over time" width=900 height=360 '
                      f'src="{_data_uri("image/png", _throughput_png(summary))}">')
-        parts.append("<table><tr><th>stage</th><th>rows</th><th>mean rows/s while producing</th>"
-                     "<th>peak rows/s (1 s)</th></tr>")
-        parts += [f'<tr><td>{s}</td><td class=n>{n}</td><td class=n>{m:.1f}</td><td class=n>{p:.0f}</td></tr>'
-                  for s, n, m, p in stage_table(summary.timeline)]
-        parts.append("</table>")
+        parts.append(_table([(s, n, f"{m:.1f}", f"{p:.0f}") for s, n, m, p in stage_table(summary.timeline)],
+                            header=("stage", "rows", "mean rows/s while producing", "peak rows/s (1 s)"),
+                            numeric=(1, 2, 3)))
     else:
         parts.append("<p>No rows reached the write stage.</p>")
 
     parts.append("<h2>Quarantine by cause</h2>")
     if summary.reasons:
-        parts.append("<table><tr><th>stage: cause</th><th>samples</th><th>share of samples read</th></tr>")
-        parts += [f"<tr><td>{e(reason)}</td><td class=n>{count}</td><td class=n>{count / max(total, 1):.2%}</td></tr>"
-                  for reason, count in sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
-        parts.append("</table><p>Every row, with its full reason, is in the <code>quarantine</code> table.</p>")
+        causes = sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        parts.append(_table([(e(reason), count, f"{count / max(total, 1):.2%}") for reason, count in causes],
+                            header=("stage: cause", "samples", "share of samples read"), numeric=(1, 2)))
+        parts.append("<p>Every row, with its full reason, is in the <code>quarantine</code> table.</p>")
     else:
         parts.append("<p>No sample was quarantined.</p>")
 
@@ -149,14 +146,26 @@ def render(summary, config_yaml: str, models: dict[str, str]) -> str:
     else:
         parts.append("<p>No committed sample to show.</p>")
 
-    parts.append("<h2>Models</h2><table>")
-    parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in models.items()]
-    parts.append(f"</table><h2>Config</h2><pre>{e(config_yaml)}</pre>")
+    parts += ["<h2>Models</h2>", _table([(e(k), e(v)) for k, v in models.items()], keys=True)]
+    parts.append(f"<h2>Config</h2><pre>{e(config_yaml)}</pre>")
     parts.append(f"<h2>Plan</h2><pre>{e(summary.plan or 'not planned')}</pre>")
     if summary.stage_stats:
         parts.append(f"<details><summary>Ray Data stats</summary><pre>{e(summary.stage_stats)}</pre></details>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _table(rows: list[tuple], header: tuple = (), numeric: tuple = (), keys: bool = False) -> str:
+    """An HTML table of cells that are HTML already: `numeric` columns right-aligned, the first
+    column as row headings with `keys`."""
+    def cell(i: int, value) -> str:
+        if keys and i == 0:
+            return f"<th>{value}</th>"
+        return f"<td class=n>{value}</td>" if i in numeric else f"<td>{value}</td>"
+
+    head = "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(cell(i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
 
 
 def _score(value: Optional[float]) -> str:

@@ -67,8 +67,7 @@ def write_summary_json(summary, path: str) -> None:
         "run_id", "output", "mode", "seconds", "first_commit_seconds", "last_read_seconds",
         "shards_read_after_first_commit", "rows", "commits", "files", "reasons", "report")}
     figures.update(shards=len(summary.shards), skipped_shards=len(summary.skipped_shards),
-                   commit_seconds=[round(t - summary.started_at, 3) for t in summary.commit_times],
-                   committed_rows=summary.committed_rows)
+                   commit_seconds=[round(t - summary.started_at, 3) for t in summary.commit_times])
     Path(path).write_text(json.dumps(figures, indent=2))
 
 

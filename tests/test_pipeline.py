@@ -1,7 +1,8 @@
 """End to end: a small MDS dataset with broken samples through the whole curation job."""
 
+import concurrent.futures
+import io
 import json
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -220,6 +221,7 @@ def test_each_run_writes_its_report_next_to_its_tables(dataset, two_runs):
         # the contact sheet: committed samples only, from shards spread over the run
         assert summary.previews and not {p["sample_id"] for p in summary.previews} & {f"clip-{i}" for i in broken}
         assert page.count('<div class="card">') == len(summary.previews) <= 24
+        assert {p["shard"] for p in summary.previews} == set(range(SHARDS))  # every shard, not the first only
 
 
 def _die(batch):
@@ -247,7 +249,37 @@ def test_a_batch_that_kills_its_worker_every_time_fails_the_job_instead_of_loopi
         dataset = dataset.map_batches(_die, num_cpus=0.1, **task_retries)
     else:
         dataset = dataset.map_batches(_DyingActor, num_cpus=0.1, compute=ActorPoolStrategy(size=1), **actor_retries)
-    started = time.monotonic()
+    # unbounded retries would never return: wait in a thread, so that failure is a failed test
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    running = pool.submit(dataset.take_all)
+    pool.shutdown(wait=False)
     with pytest.raises(Exception, match="(?i)died|crash|exit|unexpected|unavailable"):
-        dataset.take_all()
-    assert time.monotonic() - started < 120
+        running.result(timeout=120)
+
+
+def test_previews_come_from_shards_spread_over_the_run_and_stay_bounded():
+    from etl.pipeline import PreviewRows, preview_rows
+
+    many = preview_rows(list(range(100)), {s: 10 for s in range(100) if s != 33}, 24)
+    assert len(many.shards) == 24 and many.rows == 1 and 33 not in many.shards
+    assert many.shards[0] == 0 and many.shards[-1] == 99
+    few = preview_rows([5, 6, 7], {5: 100, 6: 100, 7: 100}, 24)
+    assert few == PreviewRows((5, 6, 7), 8)
+    assert preview_rows([1], {1: 0}, 24) == PreviewRows()
+
+
+def test_the_decode_stage_previews_exactly_the_chosen_good_rows():
+    from PIL import Image
+
+    from etl.pipeline import ERROR, FRAMES, PREVIEW, DecodeStage, PreviewRows
+    from etl.transforms.frames import FrameSpec
+
+    frame = jpeg_frames(1, 96, 64)[0]
+    rows = [(0, 0, None), (0, 1, None), (0, 2, None), (1, 0, None), (2, 0, None), (2, 1, "read: bad")]
+    batch = pa.table({"shard": pa.array([r[0] for r in rows], pa.int64()), "row": pa.array([r[1] for r in rows], pa.int64()),
+                      ERROR: pa.array([r[2] for r in rows], pa.string()), FRAMES: [[frame]] * len(rows)})
+    out = DecodeStage(FRAMES, FrameSpec(min_pixels=32 * 32, max_pixels=64 * 64, crop_size=32), ERROR,
+                      PreviewRows((0, 2), 2))(batch)
+    previews = out.column(PREVIEW).to_pylist()
+    assert [p is not None for p in previews] == [True, True, False, False, True, False]
+    assert max(Image.open(io.BytesIO(previews[0])).size) <= 160

@@ -62,8 +62,9 @@ class FrameUpload:
         return on_device.permute(0, 3, 1, 2)
 
 
-def _embedding_dim(config) -> int:
-    return config.projection_dim if hasattr(config, "projection_dim") else config.vision_config.hidden_size
+def _embedding_dim(config: dict) -> int:
+    """From a model config as a dict: CLIP projects (`projection_dim`), SigLIP pools the vision tower."""
+    return int(config["projection_dim"] if "projection_dim" in config else config["vision_config"]["hidden_size"])
 
 
 def _saved_config(model_path: str) -> dict:
@@ -79,16 +80,14 @@ def embedding_dim(model_path: str) -> int:
     """Width of the embeddings a checkpoint produces, from its config alone (no weights).
     The driver reads config.json itself: transformers' AutoConfig would import the library
     (seconds of driver start-up) for two numbers that `save_pretrained` always writes."""
-    saved = _saved_config(model_path)
-    if "projection_dim" in saved:  # CLIP
-        return int(saved["projection_dim"])
-    if "hidden_size" in saved.get("vision_config", {}):  # SigLIP
-        return int(saved["vision_config"]["hidden_size"])
-    from transformers import AutoConfig  # a hand-written config that relies on the class defaults
+    try:
+        return _embedding_dim(_saved_config(model_path))
+    except KeyError:  # a hand-written config that relies on the class defaults
+        from transformers import AutoConfig
 
-    from etl.models.checkpoints import local_config
+        from etl.models.checkpoints import local_config
 
-    return _embedding_dim(AutoConfig.from_pretrained(local_config(model_path)))
+        return _embedding_dim(AutoConfig.from_pretrained(local_config(model_path)).to_dict())
 
 
 def _latent_shape(config, height: int, width: int) -> tuple[int, int, int]:
@@ -97,16 +96,9 @@ def _latent_shape(config, height: int, width: int) -> tuple[int, int, int]:
 
 
 def latent_shape(model_path: str, height: int, width: int) -> tuple[int, int, int]:
-    """(C, H/f, W/f) of a VAE checkpoint's latents for frames of height x width, from its config
-    (read directly, as in `embedding_dim`)."""
-    saved = _saved_config(model_path)
-    if "block_out_channels" in saved and "latent_channels" in saved:
-        return _latent_shape(saved, height, width)
-    from diffusers import AutoencoderKL
-
-    from etl.models.checkpoints import local_config
-
-    return _latent_shape(AutoencoderKL.load_config(local_config(model_path)), height, width)
+    """(C, H/f, W/f) of a VAE checkpoint's latents for frames of height x width, from its
+    config.json (what diffusers' `load_config` returns, without importing diffusers)."""
+    return _latent_shape(_saved_config(model_path), height, width)
 
 
 class ImageEmbedder:
@@ -128,7 +120,7 @@ class ImageEmbedder:
         self.mean = torch.tensor(processor.image_mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(processor.image_std, device=self.device).view(1, 3, 1, 1)
         self.batch_size = batch_size
-        self.dim = _embedding_dim(self.model.config)
+        self.dim = _embedding_dim(self.model.config.to_dict())
         self.upload = FrameUpload(self.device)
 
     def encode(self, frames):

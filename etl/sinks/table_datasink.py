@@ -35,17 +35,14 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         raise ValueError(f"rows do not match table schema {schema.metadata.get(b'table', b'?').decode()} "
                          f"v{schema.metadata.get(b'schema_version', b'?').decode()}: missing "
                          f"{sorted(want - have)}, unexpected {sorted(have - want)}")
-    table = table.select(schema.names)
-    for field in schema:
-        column = table.column(field.name)
-        if not field.nullable and column.null_count:
-            raise ValueError(f"column {field.name!r} holds {column.null_count} null(s); the schema forbids them")
     # Column by column, and only columns whose type differs: pyarrow 25 segfaults casting a
     # list<fixed_shape_tensor> column even to its own type, which `Table.cast` does for every
     # column as soon as any one differs (a write of 4096 rows crashed its worker, endlessly retried).
     columns = []
     for field in schema:
         column = table.column(field.name)
+        if not field.nullable and column.null_count:
+            raise ValueError(f"column {field.name!r} holds {column.null_count} null(s); the schema forbids them")
         if column.type != field.type:
             try:
                 column = column.cast(field.type)

@@ -47,6 +47,17 @@ def test_output_shapes_come_from_the_configs_alone(tiny):
     assert latent_shape(str(tiny["vae"]), 224, 160) == LatentEncoder(str(tiny["vae"])).latent_shape(224, 160) == (4, 28, 20)
 
 
+def test_a_config_without_the_width_gets_the_model_class_default(tmp_path):
+    from transformers import CLIPConfig, SiglipConfig
+
+    from etl.models.encoders import embedding_dim
+
+    (tmp_path / "config.json").write_text('{"model_type": "clip"}')  # written by hand, not save_pretrained
+    assert embedding_dim(str(tmp_path)) == CLIPConfig().projection_dim
+    (tmp_path / "config.json").write_text('{"model_type": "siglip"}')
+    assert embedding_dim(str(tmp_path)) == SiglipConfig().vision_config.hidden_size
+
+
 def test_latents_have_the_vae_shape_and_are_repeatable(tiny):
     encoder = LatentEncoder(str(tiny["vae"]), batch_size=3)
     frames = _frames(4)
