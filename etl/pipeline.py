@@ -472,7 +472,9 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     dataset = (
         ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(), num_cpus=plan.task_cpus,
                                  memory=plan.read_task_memory,
-                                 ray_remote_args=task_retries)  # as keywords they would be read args
+                                 # Ray 2.60 has no named max_retries here (as a keyword it would
+                                 # be a read arg); ray_remote_args is deprecated for 2.64
+                                 ray_remote_args=task_retries)
         .map_batches(Prepare(image_column, config.read.text_column, config.read.id_column, config.sink.buckets),
                      batch_format="pyarrow", num_cpus=plan.task_cpus, memory=plan.read_task_memory,
                      **task_retries)  # the same remote args as the read: they fuse
