@@ -2,13 +2,16 @@
 memory of everything it runs (driver, Ray's daemons, workers, object store) and the time to the
 first commit, side by side in one invocation.
 
-    python benchmarks/bench_memory.py [--sizes 10000 100000]
+    python benchmarks/bench_memory.py [--sizes 10000 100000] [--name memory]
+
+The 1M-sample run (docs/scale-1m.md) is the same measurement at one size:
+`python benchmarks/bench_memory.py --sizes 1000000 --name scale-1m`.
 
 Each run is `python -m jobs.curate` with its own local Ray (2 CPUs here), the tiny models and
 one 96x64 JPEG per sample (benchmarks/common.py SMALL_JOB), sampled every 0.5 s: the sum of PSS
 over the job's process tree (shared pages such as the object store counted once).
 Targets: the largest run's peak <= 1.25x the smallest run's; time to first commit flat.
-Writes results/memory.json and memory.png (memory over time per run).
+Writes results/<name>.json and <name>.png (memory over time per run).
 """
 
 import argparse
@@ -61,7 +64,7 @@ def measured_run(samples: int, work: Path, extra_sets: dict) -> dict:
             "memory_over_time": [(t, round(b / GIB, 3)) for t, b in sampler.samples]}
 
 
-def plot(runs: list[dict]) -> None:
+def plot(runs: list[dict], name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,12 +85,13 @@ def plot(runs: list[dict]) -> None:
     axes.legend(fontsize="small")
     axes.set_title("memory of the whole job over the run", fontsize="medium")
     figure.tight_layout()
-    figure.savefig(RESULTS / "memory.png")
+    figure.savefig(RESULTS / f"{name}.png")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--name", default="memory", help="results/<name>.json and .png")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra job config")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.set)
@@ -102,10 +106,11 @@ def main(argv=None) -> None:
     table([(f"{r['samples']:,}", f"{r['peak_gib']:.2f}", f"{r['first_commit_s']:.1f}", f"{r['seconds']:.0f}",
             f"{r['samples_per_s']:.0f}", r["commits"], r["worker_crashes"]) for r in runs],
           ("samples", "peak GiB", "first commit s", "total s", "samples/s", "commits", "worker crashes"))
-    print(f"  peak {large['samples']:,} / {small['samples']:,}: {ratio:.2f}x (target <= 1.25); first commit "
-          f"{small['first_commit_s']:.1f} s -> {large['first_commit_s']:.1f} s")
-    plot(runs)
-    save("memory", {"runs": runs, "peak_ratio": ratio, "target_peak_ratio": 1.25, "job": SMALL_JOB, "extra": extra})
+    if len(runs) > 1:
+        print(f"  peak {large['samples']:,} / {small['samples']:,}: {ratio:.2f}x (target <= 1.25); first commit "
+              f"{small['first_commit_s']:.1f} s -> {large['first_commit_s']:.1f} s")
+    plot(runs, args.name)
+    save(args.name, {"runs": runs, "peak_ratio": ratio, "target_peak_ratio": 1.25, "job": SMALL_JOB, "extra": extra})
 
 
 if __name__ == "__main__":

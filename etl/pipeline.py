@@ -490,15 +490,20 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
                      batch_size=config.models.embedder.batch_size, num_cpus=plan.encoder_cpus,
                      num_gpus=plan.encoder_gpus, memory=plan.encoder_memory,
                      compute=ActorPoolStrategy(size=plan.encoders), **actor_retries)
-        .map_batches(WriteStage(config.output, schemas, run_id, {
+        # Actors, not tasks: Ray Data reserves CPU for operators upstream first, and once the actor
+        # pools fill the cluster a last *task* operator gets no budget until the read has finished,
+        # so nothing would commit before the end of a long run (seen at 1M samples). Work sent to
+        # a running actor needs no new CPU.
+        .map_batches(WriteStage, fn_constructor_args=(config.output, schemas, run_id, {
                         "captioner": config.models.captioner.model, "embedder": config.models.embedder.model,
                         "vae": config.models.vae.model}),
                      batch_format="pyarrow", batch_size=config.sink.rows_per_write, num_cpus=plan.task_cpus,
-                     **task_retries)
+                     compute=ActorPoolStrategy(size=plan.writers), **actor_retries)
     )
 
     if config.ray.object_store_budget_mb:
-        options = ray.data.DataContext.get_current().execution_options
+        # the dataset's own context: it copied the global one when it was built
+        options = dataset.context.execution_options
         options.resource_limits = options.resource_limits.copy(object_store_memory=config.ray.object_store_budget_mb << 20)
     summary = RunSummary(run_id, config.output, mode=mode, shards=todo, skipped_shards=skipped, plan=plan.describe(),
                          started_at=started_wall)

@@ -95,6 +95,7 @@ class Plan:
     decode_actors: int
     decode_cpus: float
     decode_memory: int
+    writers: int             # write actors, one per encoder actor: they take its output
     task_cpus: float
     read_tasks: int
     shards: int
@@ -123,9 +124,10 @@ class Plan:
             f"  encoders: {self.encoders} x [{self.encoder_cpus:g} CPU, {self.encoder_gpus:g} GPU, "
             f"{_gib(self.encoder_memory)} RAM]",
             f"  decode: {self.decode_actors} x [{self.decode_cpus:g} CPU, {_gib(self.decode_memory)} RAM]",
+            f"  write: {self.writers} x [{self.task_cpus:g} CPU] (actors, inside the task room)",
             f"  read: {self.shards} shards in {self.read_tasks} tasks, up to {self.shards_per_task} shard(s) and "
             f"{_gib(self.read_task_bytes)} per task; {_gib(self.read_task_memory)} RAM per task "
-            f"[{self.task_cpus:g} CPU each for read, prepare and write tasks]",
+            f"[{self.task_cpus:g} CPU each]",
         ]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
@@ -354,7 +356,8 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, shard_bytes:
         backend=settings.backend, engines=engines_total, engine_cpus=engine_cpus, engine_gpus=engine_gpus,
         engine_memory=engine_memory, engine_gpu_memory=engine_gpu_memory, encoders=encoders_total,
         encoder_cpus=encoder_cpus, encoder_gpus=encoder_gpus, encoder_memory=encoder_memory,
-        decode_actors=decode_total, decode_cpus=per_actor, decode_memory=decode_memory, task_cpus=TASK_CPUS,
+        decode_actors=decode_total, decode_cpus=per_actor, decode_memory=decode_memory,
+        writers=max(1, encoders_total), task_cpus=TASK_CPUS,
         read_tasks=len(groups), shards=len(shard_bytes), shards_per_task=max((len(g) for g in groups), default=0),
         read_task_bytes=read_task_bytes, read_task_memory=read_task_memory, request_tokens=tokens,
         nodes=placed, notes=notes)

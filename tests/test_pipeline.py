@@ -224,6 +224,25 @@ def test_each_run_writes_its_report_next_to_its_tables(dataset, two_runs):
         assert {p["shard"] for p in summary.previews} == set(range(SHARDS))  # every shard, not the first only
 
 
+def test_rows_commit_while_the_read_is_still_running(tiny, tmp_path, ray_local):
+    """Once the actor pools fill the cluster, Ray Data gives a *task* stage after them no CPU
+    until the read has finished, so a long run committed nothing before its end (seen at 1M
+    samples). 300 two-sample shards make the read outlast the first commit: commits must overlap it."""
+    from etl import pipeline
+
+    path = tmp_path / "input"
+    pool = jpeg_frames(4, 96, 64)
+    with MDSWriter(str(path), columns={"id": "str", "text": "str", "frames": "jpeg_array"},
+                   size_limit=2 * (len(pool[0]) + 100)) as writer:
+        for i in range(600):
+            writer.write({"id": f"clip-{i}", "text": f"clip {i}", "frames": [pool[i % 4]]})
+    assert len(json.loads((path / "index.json").read_text())["shards"]) >= 300
+    summary = pipeline.run(_config(path, tmp_path / "out", tiny, **{
+        "read.shards_per_task": 1, "frames.max_pixels": 448 * 448}))  # 10-sample decode batches
+    assert summary.rows.get("samples", 0) + summary.rows.get("quarantine", 0) == 600, summary.rows
+    assert summary.shards_read_after_first_commit > 0, (summary.first_commit_seconds, summary.last_read_seconds)
+
+
 def _die(batch):
     import os
 
