@@ -5,7 +5,7 @@ first commit, side by side in one invocation.
     python benchmarks/bench_memory.py [--sizes 10000 100000] [--name memory]
 
 The 1M-sample run (docs/scale-1m.md) is the same measurement at one size:
-`python benchmarks/bench_memory.py --sizes 1000000 --name scale-1m`.
+`python benchmarks/bench_memory.py --sizes 1000000 --name scale-1m --keep-reports`.
 
 Each run is `python -m jobs.curate` with its own local Ray (2 CPUs here), the tiny models and
 one 96x64 JPEG per sample (benchmarks/common.py SMALL_JOB), sampled every 0.5 s: the sum of PSS
@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, SMALL_JOB, MemorySampler, save, synthetic_dataset, table
+from common import REPO, RESULTS, SMALL_JOB, MemorySampler, save, synthetic_dataset, table
 
 GIB = 2**30
 
@@ -47,7 +47,7 @@ def worker_crashes(driver_pid: int) -> int:
     return len(re.findall(r"gcs_worker_manager.*exit_type = SYSTEM_ERROR", log))
 
 
-def measured_run(samples: int, work: Path, extra_sets: dict) -> dict:
+def measured_run(samples: int, work: Path, extra_sets: dict, keep_report: Path | None = None) -> dict:
     path = synthetic_dataset(samples, samples_per_shard=1000)
     output, summary_path = work / f"out-{samples}", work / f"summary-{samples}.json"
     process = curate(path, output, summary_path, extra_sets)
@@ -56,10 +56,15 @@ def measured_run(samples: int, work: Path, extra_sets: dict) -> dict:
     if process.returncode:
         raise SystemExit(f"the {samples}-sample run failed:\n{log[-4000:]}")
     summary = json.loads(summary_path.read_text())
+    if keep_report:
+        shutil.copyfile(output / "report.html", keep_report)
     assert summary["rows"].get("samples", 0) + summary["rows"].get("quarantine", 0) == samples, summary["rows"]
     return {"samples": samples, "peak_gib": sampler.peak_bytes / GIB, "seconds": summary["seconds"],
             "samples_per_s": samples / summary["seconds"], "first_commit_s": summary["first_commit_seconds"],
             "commits": summary["commits"].get("samples", 0), "shards": summary["shards"],
+            "rows": summary["rows"], "files": summary["files"], "last_read_s": summary["last_read_seconds"],
+            "shards_read_after_first_commit": summary["shards_read_after_first_commit"],
+            "commit_seconds": summary["commit_seconds"],
             "worker_crashes": worker_crashes(process.pid),
             "memory_over_time": [(t, round(b / GIB, 3)) for t, b in sampler.samples]}
 
@@ -69,8 +74,6 @@ def plot(runs: list[dict], name: str) -> None:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-
-    from common import RESULTS
 
     figure = Figure(figsize=(8, 3.6), dpi=100)
     axes = figure.add_subplot()
@@ -92,13 +95,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--name", default="memory", help="results/<name>.json and .png")
+    parser.add_argument("--keep-reports", action="store_true",
+                        help="copy each run's report.html to results/<name>-<samples>-report.html")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra job config")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.set)
 
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     try:
-        runs = [measured_run(samples, work, extra) for samples in args.sizes]
+        runs = [measured_run(samples, work, extra, RESULTS / f"{args.name}-{samples}-report.html"
+                             if args.keep_reports else None) for samples in args.sizes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     small, large = runs[0], runs[-1]
