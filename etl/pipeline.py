@@ -513,7 +513,9 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
         cadence=CommitCadence(config.sink.commit_every_shards, config.sink.commit_every_minutes,
                               config.sink.commit_every_files))
     try:
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        # No prefetch: with it, Ray hands over each write output only once the next one exists,
+        # so a run whose read outlasts the early writes held its first commit until after the read
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
             for table, payload in zip(batch.column("table").to_pylist(), batch.column("file").to_pylist()):
                 committer.receive(table, payload)
         committer.finish()

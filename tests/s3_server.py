@@ -73,3 +73,74 @@ class S3Server:
         bucket, _, prefix = uri[len("s3://"):].partition("/")
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+class GatedProxy:
+    """An S3 endpoint in front of `upstream` that passes every request through, except GETs of
+    keys ending in `held_suffix`: their bodies trickle (a few bytes every 2 s, so the client's
+    low-speed timeout does not fire) until `gate` is set or `max_hold_s` passes. It lets a test
+    hold back the last read of a run and see what the rest of the pipeline does meanwhile. It runs
+    in the test process, so the test must only wait (a subprocess does the work) while it serves."""
+
+    def __init__(self, upstream: str, held_suffix: str, max_hold_s: float):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.held_suffix, self.max_hold_s = held_suffix, max_hold_s
+        self.gate = threading.Event()
+        self.held = 0
+        target = urlsplit(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # the AWS SDK keeps connections alive
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                held = self.command == "GET" and urlsplit(self.path).path.endswith(proxy.held_suffix)
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                try:
+                    upstream.request(self.command, self.path, body, dict(self.headers))
+                    response = upstream.getresponse()
+                    payload = response.read()
+                finally:
+                    upstream.close()
+                self.send_response(response.status)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                # a HEAD answer keeps the object's length; anything else carries its payload's
+                length = response.getheader("Content-Length", "0") if self.command == "HEAD" else len(payload)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                if held:
+                    proxy.held += 1
+                    deadline = time.monotonic() + proxy.max_hold_s
+                    while len(payload) > 8 and not proxy.gate.wait(2) and time.monotonic() < deadline:
+                        self.wfile.write(payload[:8])
+                        self.wfile.flush()
+                        payload = payload[8:]
+                self.wfile.write(payload)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "GatedProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()

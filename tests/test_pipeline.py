@@ -3,6 +3,8 @@
 import concurrent.futures
 import io
 import json
+import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -37,13 +39,13 @@ def dataset(tmp_path_factory):
 
 
 def _config(dataset_path, output, tiny, **extra):
-    return load_config("jobs/configs/local.yaml", {**extra,
+    return load_config("jobs/configs/local.yaml", {
         "input": str(dataset_path), "output": str(output), "read.id_column": "id", "read.text_column": "text",
         "frames.min_pixels": 32 * 32, "frames.max_pixels": 64 * 64, "frames.crop_size": 64,
         "models.captioner.model": str(tiny["qwen3_vl"]), "models.captioner.max_new_tokens": 8,
         "models.embedder.model": str(tiny["clip"]), "models.embedder.batch_size": 4, "models.vae.model": str(tiny["vae"]),
         "models.build_tiny_if_missing": False, "sink.buckets": 4, "sink.rows_per_write": 4,
-        "sink.commit_every_files": 4})
+        "sink.commit_every_files": 4, **extra})  # the test's own settings win
 
 
 @pytest.fixture(scope="module")
@@ -224,23 +226,46 @@ def test_each_run_writes_its_report_next_to_its_tables(dataset, two_runs):
         assert {p["shard"] for p in summary.previews} == set(range(SHARDS))  # every shard, not the first only
 
 
-def test_rows_commit_while_the_read_is_still_running(tiny, tmp_path, ray_local):
-    """Once the actor pools fill the cluster, Ray Data gives a *task* stage after them no CPU
-    until the read has finished, so a long run committed nothing before its end (seen at 1M
-    samples). 300 two-sample shards make the read outlast the first commit: commits must overlap it."""
-    from etl import pipeline
+def test_rows_commit_while_the_read_is_still_running(tiny, tmp_path, s3_server, ray_local):
+    """Once the actor pools fill the cluster, Ray Data gave a *task* stage after them no CPU until
+    the read had finished, so a 1M-sample run committed nothing before its end. Here the last
+    shard's GET is held until a commit lands: a run that cannot commit during its read would wait
+    out the hold (and fail this test), one that can finishes with that shard read after a commit."""
+    import yaml
 
-    path = tmp_path / "input"
+    from tests.s3_server import GatedProxy
+    from tests.test_recovery import curate, finish
+
+    local = tmp_path / "input"
     pool = jpeg_frames(4, 96, 64)
-    with MDSWriter(str(path), columns={"id": "str", "text": "str", "frames": "jpeg_array"},
-                   size_limit=2 * (len(pool[0]) + 100)) as writer:
-        for i in range(600):
+    with MDSWriter(str(local), columns={"id": "str", "text": "str", "frames": "jpeg_array"},
+                   size_limit=8 * (len(pool[0]) + 100)) as writer:
+        for i in range(160):
             writer.write({"id": f"clip-{i}", "text": f"clip {i}", "frames": [pool[i % 4]]})
-    assert len(json.loads((path / "index.json").read_text())["shards"]) >= 300
-    summary = pipeline.run(_config(path, tmp_path / "out", tiny, **{
-        "read.shards_per_task": 1, "frames.max_pixels": 448 * 448}))  # 10-sample decode batches
-    assert summary.rows.get("samples", 0) + summary.rows.get("quarantine", 0) == 600, summary.rows
-    assert summary.shards_read_after_first_commit > 0, (summary.first_commit_seconds, summary.last_read_seconds)
+    shards = json.loads((local / "index.json").read_text())["shards"]
+    source = s3_server.create_bucket("commit-overlap-" + os.urandom(3).hex()) + "/mds"
+    s3_server.put_tree(local, source)
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(yaml.safe_dump(_config(source, tmp_path / "out", tiny, **{
+        "read.shards_per_task": 1, "frames.max_pixels": 448 * 448,  # 10-sample decode batches: none waits for the held shard
+    }).model_dump(mode="json")))
+    samples_log = tmp_path / "out" / "samples" / "_delta_log"
+    committed = lambda: any('"add"' in f.read_text() for f in samples_log.glob("*.json"))  # rows, not a bare table
+    hold_s = 300
+    with GatedProxy(s3_server.endpoint, "/" + shards[-1]["raw_data"]["basename"], max_hold_s=hold_s) as proxy:
+        job = curate(config_file, source, str(tmp_path / "out"), "--summary-json", str(tmp_path / "summary.json"),
+                     env={"AWS_ENDPOINT_URL": proxy.endpoint}, ray_address=ray_local.get_runtime_context().gcs_address)
+        deadline = time.monotonic() + hold_s
+        while job.poll() is None and time.monotonic() < deadline and not committed():
+            time.sleep(0.2)
+        committed_during_hold = committed()
+        proxy.gate.set()
+        finish(job)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert proxy.held >= 1  # the last shard's read did go through the gate
+    assert committed_during_hold, summary
+    assert summary["rows"].get("samples", 0) + summary["rows"].get("quarantine", 0) == 160, summary["rows"]
+    assert summary["shards_read_after_first_commit"] >= 1, summary
 
 
 def _die(batch):
