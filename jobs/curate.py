@@ -85,12 +85,10 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    import ray
-
-    from etl import pipeline
+    from etl import pipeline, ray_settings
     from etl.committer import ErrorBudgetExceeded, RowAccountingError
 
-    ray.init(address=config.ray.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+    ray_settings.init(address=config.ray.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": storage_settings()})
     try:
         summary = pipeline.run(config, resume=args.resume)

@@ -49,15 +49,14 @@ def main(argv=None) -> None:
     parser.add_argument("--output", default="demo_output")
     args = parser.parse_args(argv)
 
-    import ray
     import ray.data
 
-    from etl import pipeline
+    from etl import pipeline, ray_settings
     from etl.config import load_config
 
     out = Path(args.output).resolve()
     shutil.rmtree(out, ignore_errors=True)
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray_settings.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     shards = build_dataset(out / "input", args.samples)
     print(f"input: {args.samples} samples in {shards} MDS shards at {out / 'input'} (one shard truncated)")

@@ -35,7 +35,9 @@ def ray_local():
     """One local Ray for the whole session, sized like the CI machine (2 CPUs)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    from etl import ray_settings
+
+    ray_settings.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

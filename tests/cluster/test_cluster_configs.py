@@ -271,6 +271,18 @@ def test_kuberay_runs_this_projects_ray():
     assert f"FROM rayproject/ray:{ray.__version__}-" in dockerfile, "cluster/Dockerfile's base image is another Ray"
 
 
+def test_every_node_starts_ray_with_the_jobs_worker_settings():
+    from etl.ray_settings import WORKER_SETTINGS
+
+    config = load(CLUSTER / "aws.yaml")
+    dockerfile = (CLUSTER / "Dockerfile").read_text().splitlines()  # the KubeRay pods' image
+    for name, value in WORKER_SETTINGS.items():
+        for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+            starts = [c for c in config[key] if "ray start" in c]
+            assert starts and all(f"{name}={value} ray start" in c for c in starts), (key, name)
+        assert f"ENV {name}={value}" in dockerfile, name
+
+
 def test_rayjob_entrypoint_is_a_valid_curation_run():
     """The entrypoint parses as `jobs.curate` arguments, its config loads, and the runtime env
     makes the image's copy of the project the working dir (where the relative --config resolves)."""
