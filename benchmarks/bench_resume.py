@@ -77,8 +77,10 @@ def main(argv=None) -> None:
 
     from deltalake import DeltaTable
 
-    count = sum(DeltaTable(str(output / t)).to_pyarrow_table(columns=["sample_id"]).num_rows
-                for t in ("samples", "quarantine"))
+    # One thread: a threaded Arrow scan can still be releasing its Python filesystem after it
+    # returns, and at interpreter exit that aborted this process once (apache/arrow#33975, #36389).
+    count = sum(DeltaTable(str(output / t)).to_pyarrow_dataset().to_table(columns=["sample_id"], use_threads=False)
+                .num_rows for t in ("samples", "quarantine"))
     result = {"samples": args.samples, "shards": shards, "killed_after_s": round(killed_after, 1),
               "shards_finished_at_kill": len(done), "resume_s": round(resume_seconds, 1),
               "full_rerun_s": round(full_seconds, 1), "saved_s": round(full_seconds - resume_seconds, 1),
