@@ -9,7 +9,7 @@ PROBE = textwrap.dedent("""
     import ray
     from etl import ray_settings
 
-    ray_settings.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray_settings.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
     @ray.remote(num_cpus=0.4)
     class Model:
@@ -24,7 +24,7 @@ PROBE = textwrap.dedent("""
         return os.getpid()
 
     pids = []
-    for _ in range(4):
+    for _ in range(6):
         pids.append(ray.get(read.remote()))
         time.sleep(2)  # longer than Ray's default 1 s idle-worker life
     print("PIDS", len(set(pids)))
@@ -41,9 +41,10 @@ def _worker_processes(env_override: dict) -> int:
 
 
 def test_a_local_ray_started_by_the_job_reuses_idle_read_workers():
-    assert _worker_processes({}) == 1
+    # 1 here; an idle worker left over from starting the actors may take a turn
+    assert _worker_processes({}) <= 2
 
 
 def test_without_the_setting_each_read_task_starts_a_fresh_worker():
     # the failure the setting prevents, so the probe above is known to be able to see it
-    assert _worker_processes({"RAY_idle_worker_killing_time_threshold_ms": "1000"}) == 4
+    assert _worker_processes({"RAY_idle_worker_killing_time_threshold_ms": "1000"}) == 6
