@@ -88,8 +88,8 @@ def main(argv=None) -> int:
     from etl import pipeline, ray_settings
     from etl.committer import ErrorBudgetExceeded, RowAccountingError
 
-    ray_settings.init(address=config.ray.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": storage_settings()})
+    ray_settings.init(address=config.ray.address, include_dashboard=False, log_to_driver=False,
+                      logging_level="ERROR", runtime_env={"env_vars": storage_settings()})
     try:
         summary = pipeline.run(config, resume=args.resume)
     except (ErrorBudgetExceeded, RowAccountingError, ValueError) as exc:
