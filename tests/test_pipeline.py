@@ -234,7 +234,7 @@ def test_rows_commit_while_the_read_is_still_running(tiny, tmp_path, s3_server, 
     import yaml
 
     from tests.s3_server import GatedProxy
-    from tests.test_recovery import curate, finish
+    from tests.curate_process import curate, finish
 
     local = tmp_path / "input"
     pool = jpeg_frames(4, 96, 64)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -19,9 +18,9 @@ from etl import ledger, storage
 from etl.mds import MDSWriter
 from etl.sinks.delta_commits import open_table
 from etl.synthetic import jpeg_frames
+from tests.curate_process import REPO, curate, finish
 from tests.s3_server import SECRET_KEY, free_port
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLES = 96
 BROKEN = {17: "truncated", 58: "garbage"}
 
@@ -60,22 +59,6 @@ def config_file(tiny, tmp_path_factory):
     path = tmp_path_factory.mktemp("config") / "job.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def curate(config_file, source_uri, output, *flags, env=None, ray_address=None):
-    """Start `python -m jobs.curate` (its own process group) and return the Popen."""
-    command = [sys.executable, "-m", "jobs.curate", "--config", str(config_file), "--input", source_uri,
-               "--output", output, *flags]
-    if ray_address:
-        command += ["--ray-address", ray_address]
-    return subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def finish(process, timeout=600) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output[-4000:]
-    return output
 
 
 def delta(uri, version=None):

@@ -3,9 +3,6 @@
 
 import base64
 import shutil
-import time
-
-import pytest
 
 from etl.pipeline import RunSummary
 from etl.report import rates_over_time, render, stage_table
