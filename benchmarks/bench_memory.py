@@ -11,6 +11,8 @@ Each run is `python -m jobs.curate` with its own local Ray (2 CPUs here), the ti
 one 96x64 JPEG per sample (benchmarks/common.py SMALL_JOB), sampled every 0.5 s: the sum of PSS
 over the job's process tree (shared pages such as the object store counted once).
 Targets: the largest run's peak <= 1.25x the smallest run's; time to first commit flat.
+Each run's tables are read back afterwards: rows, distinct sample ids and input samples must be
+equal (nothing lost, nothing twice), or the benchmark fails.
 Writes results/<name>.json and <name>.png (memory over time per run).
 """
 
@@ -22,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, RESULTS, SMALL_JOB, MemorySampler, save, synthetic_dataset, table
+from common import REPO, RESULTS, SMALL_JOB, MemorySampler, committed_rows, save, synthetic_dataset, table
 
 GIB = 2**30
 
@@ -58,11 +60,14 @@ def measured_run(samples: int, work: Path, extra_sets: dict, keep_report: Path |
     summary = json.loads(summary_path.read_text())
     if keep_report:
         shutil.copyfile(output / "report.html", keep_report)
-    assert summary["rows"].get("samples", 0) + summary["rows"].get("quarantine", 0) == samples, summary["rows"]
+    committed = committed_rows(output)
+    if not committed["rows"] == committed["distinct_sample_ids"] == samples:
+        raise SystemExit(f"the {samples}-sample run committed {committed}")
     return {"samples": samples, "peak_gib": sampler.peak_bytes / GIB, "seconds": summary["seconds"],
             "samples_per_s": samples / summary["seconds"], "first_commit_s": summary["first_commit_seconds"],
             "commits": summary["commits"].get("samples", 0), "shards": summary["shards"],
-            "rows": summary["rows"], "files": summary["files"], "last_read_s": summary["last_read_seconds"],
+            "rows": summary["rows"], "distinct_sample_ids": committed["distinct_sample_ids"],
+            "files": summary["files"], "last_read_s": summary["last_read_seconds"],
             "shards_read_after_first_commit": summary["shards_read_after_first_commit"],
             "commit_seconds": summary["commit_seconds"],
             "worker_crashes": worker_crashes(process.pid),

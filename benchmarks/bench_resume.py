@@ -17,8 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO, committed_rows
 
 
 def curate(input_dir: Path, output: Path, *flags: str) -> subprocess.Popen:
@@ -75,20 +74,19 @@ def main(argv=None) -> None:
     resume_seconds = finished(curate(work / "input", output, "--resume"))
     full_seconds = finished(curate(work / "input", work / "full"))
 
-    from deltalake import DeltaTable
-
-    # One thread: a threaded Arrow scan can still be releasing its Python filesystem after it
-    # returns, and at interpreter exit that aborted this process once (apache/arrow#33975, #36389).
-    count = sum(DeltaTable(str(output / t)).to_pyarrow_dataset().to_table(columns=["sample_id"], use_threads=False)
-                .num_rows for t in ("samples", "quarantine"))
+    committed = committed_rows(output)
+    if not committed["rows"] == committed["distinct_sample_ids"] == args.samples:
+        raise SystemExit(f"after --resume the tables hold {committed} for {args.samples} input samples")
     result = {"samples": args.samples, "shards": shards, "killed_after_s": round(killed_after, 1),
               "shards_finished_at_kill": len(done), "resume_s": round(resume_seconds, 1),
               "full_rerun_s": round(full_seconds, 1), "saved_s": round(full_seconds - resume_seconds, 1),
-              "rows_after_resume": count}
+              "rows_after_resume": committed["rows"],
+              "distinct_sample_ids_after_resume": committed["distinct_sample_ids"]}
     print(f"{args.samples} samples in {shards} shards; SIGKILL after {killed_after:.1f}s with {len(done)} shards "
           f"finished\n  --resume: {resume_seconds:.1f}s   full re-run: {full_seconds:.1f}s   saved: "
           f"{full_seconds - resume_seconds:.1f}s ({1 - resume_seconds / full_seconds:.0%})\n"
-          f"  rows after resume: {count} (input {args.samples})")
+          f"  rows after resume: {committed['rows']}, distinct sample ids {committed['distinct_sample_ids']} "
+          f"(input {args.samples})")
     out = REPO / "benchmarks/results/resume.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -64,6 +64,22 @@ def save(name: str, result: dict) -> Path:
     return out
 
 
+def committed_rows(output: Path) -> dict:
+    """Rows the job committed to `samples` and `quarantine`, and how many distinct sample ids they
+    hold: the two are equal only if no sample landed twice."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    # One thread: a threaded Arrow scan can still be releasing its Python filesystem after it
+    # returns, and at interpreter exit that aborted a benchmark once (apache/arrow#33975, #36389).
+    ids = [chunk for table in ("samples", "quarantine") if (output / table / "_delta_log").is_dir()
+           for chunk in DeltaTable(str(output / table)).to_pyarrow_dataset()
+           .to_table(columns=["sample_id"], use_threads=False).column("sample_id").chunks]
+    column = pa.chunked_array(ids, type=pa.string())
+    return {"rows": len(column), "distinct_sample_ids": pc.count_distinct(column).as_py()}
+
+
 def machine() -> dict:
     import platform
 
