@@ -131,14 +131,16 @@ def commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], metad
         except (CommitFailedError, DeltaError) as exc:
             # The rewritten files are left in place: a commit whose response was lost may have
             # landed and reference them. Unreferenced ones are removed by VACUUM.
-            if attempt == _CONFLICT_RETRIES - 1 or not _is_conflict(exc, table is None):
+            if attempt == _CONFLICT_RETRIES - 1 or not _is_conflict(exc, table is None and open_table(uri) is not None):
                 raise
             time.sleep(random.uniform(0.05, 0.5) * (attempt + 1))  # jitter: racing writers spread out
     raise AssertionError("unreachable")
 
 
-def _is_conflict(exc: Exception, creating: bool) -> bool:
+def _is_conflict(exc: Exception, created_by_another: bool) -> bool:
     from deltalake.exceptions import CommitFailedError
 
-    # creating: another writer created the table first; the next attempt appends to it
-    return isinstance(exc, CommitFailedError) or (creating and "exist" in str(exc).lower())
+    # Another writer created the table between our look and our create: the next attempt appends
+    # to it. delta-rs words that failure by save mode ("SaveMode `append` is not allowed for
+    # create operation"), not as a conflict, so the table's existence decides.
+    return isinstance(exc, CommitFailedError) or created_by_another

@@ -115,6 +115,32 @@ def test_concurrent_appends_lose_nothing(table_uri):
     assert open_table(table_uri).version() == 19
 
 
+def test_a_table_created_by_another_writer_after_our_look_gets_our_files_appended(table_uri, monkeypatch):
+    """The interleaving two first commits can meet (seen once under load in the concurrent test
+    below): we find no table, another writer creates it, then our create fails. Our files must
+    still land, in the next version."""
+    from etl.sinks import delta_commits
+
+    theirs = write(table_uri, [0], "theirs", "theirs")
+    real_open_table, looks = delta_commits.open_table, []
+
+    def look_then_lose_the_race(uri):
+        looks.append(uri)
+        if len(looks) > 1:
+            return real_open_table(uri)
+        assert real_open_table(uri) is None
+        monkeypatch.setattr(delta_commits, "open_table", real_open_table)  # the other writer looks for real
+        commit_files(uri, SCHEMA, theirs, {"run_id": "theirs"})  # ... and creates the table after our look
+        monkeypatch.setattr(delta_commits, "open_table", look_then_lose_the_race)
+        return None
+
+    monkeypatch.setattr(delta_commits, "open_table", look_then_lose_the_race)
+    version = commit_files(table_uri, SCHEMA, write(table_uri, [1], "ours", "ours"), {"run_id": "ours"})
+    monkeypatch.undo()
+    assert version == 1
+    assert {(s, run) for s, _, run in state(table_uri)} == {(0, "theirs"), (1, "ours")}
+
+
 def _append_repeatedly(uri, base, rounds, endpoint_env):
     import os
 
