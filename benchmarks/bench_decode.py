@@ -4,8 +4,9 @@ on the same 1280x720 JPEG frames, side by side in one run.
     python benchmarks/bench_decode.py [--samples 400] [--frames-per-sample 8] [--rounds 3]
 
 - ceiling: a tight single-process Pillow loop (draft + resize to fit 448 px), frames/s x cores;
-- same-work loop: `decode_frame` (the stage's own function: the captioner view fitting 448 px
-  AND the 224 px encoder crop) in one process, x cores: what the stage could do with no Ray;
+- same-work loop: `decode_frame` (the stage's own function: bomb check, EXIF, mode and the
+  captioner view fitting 448 px; the encoders cut their 224 px crop from that view on their
+  device) in one process, x cores: what the stage could do with no Ray;
 - Ray: the pipeline's read (`MDSDatasource`, one block per read task) -> `FrameDecodeStage` on an
   actor pool sized from the cluster's CPUs, as the pipeline runs it, consumed as the next stage would (frames/s from execution start; "steady"
   leaves out the time to the first output: actor start-up);
@@ -124,7 +125,8 @@ def main(argv=None) -> None:
                              samples_per_shard=60)
     pool = jpeg_frames(16, 1280, 720)
     frames = [pool[i % len(pool)] for i in range(args.samples * args.frames_per_sample)]
-    spec = FrameSpec(max_pixels=448 * 256, crop_size=224)  # captioner view 448x224 for 16:9
+    # captioner view 448x256 for 16:9: the encoders' 224 px crop is cut from it on their device
+    spec = FrameSpec(max_pixels=448 * 256, crop_size=224)
 
     loop = per_core_rate(pillow_loop, pool, args.rounds)
     same_work = per_core_rate(lambda f: stage_loop(f, spec), pool, args.rounds)

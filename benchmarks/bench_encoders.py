@@ -2,7 +2,11 @@
 share of the run the GPU was busy (NVML), on whatever device this machine has.
 
     python benchmarks/bench_encoders.py [--embedder PATH --vae PATH] [--frames 512] [--side 224]
-        [--batch-sizes 16,32,64,128]
+        [--view 256x448] [--batch-sizes 16,32,64,128]
+
+Two inputs per batch size, side by side: "views" is what the pipeline sends (captioner views of
+--view pixels, the side x side centre crop cut on the device: `encode_views`), "crops" is the
+same frames already cropped on the host, so the difference is what cropping on the device costs.
 
 Without model paths it builds the tiny random-weight checkpoints (the same classes as
 production): numbers then measure the plumbing (upload, normalisation, copies back), not the
@@ -65,6 +69,7 @@ def main() -> None:
     parser.add_argument("--vae")
     parser.add_argument("--frames", type=int, default=512)
     parser.add_argument("--side", type=int, default=224)
+    parser.add_argument("--view", default="256x448", help="HxW of the captioner views")
     parser.add_argument("--batch-sizes", default="16,32,64,128")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "encoders.json"))
     args = parser.parse_args()
@@ -75,23 +80,37 @@ def main() -> None:
 
         tiny = ensure_tiny_models(Path(tempfile.mkdtemp()) / "tiny")
         embedder, vae = str(tiny["clip"]), str(tiny["vae"])
-    frames = np.random.default_rng(0).integers(0, 256, (args.frames, args.side, args.side, 3), dtype=np.uint8)
+    height, width = (int(v) for v in args.view.split("x"))
+    views = np.random.default_rng(0).integers(0, 256, (args.frames, height, width, 3), dtype=np.uint8)
+    top, left = (height - min(height, width)) // 2, (width - min(height, width)) // 2
+    crops = np.ascontiguousarray(views[:, top:top + min(height, width), left:left + min(height, width)])
+    if crops.shape[1] != args.side:
+        import torch
+        import torch.nn.functional as F
+
+        resized = F.interpolate(torch.from_numpy(crops).permute(0, 3, 1, 2).float(), size=(args.side, args.side),
+                                mode="bicubic", antialias=True, align_corners=False)
+        crops = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    inputs = {"views": lambda encoders, chunk: encoders.encode_views(list(views[chunk]), args.side),
+              "crops": lambda encoders, chunk: encoders(crops[chunk])}
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         encoders = FrameEncoders(embedder, vae, embedder_batch_size=batch, vae_batch_size=batch)
-        encoders(frames[:batch])  # warm-up
-        with GpuBusy() as busy:
-            started = time.perf_counter()
-            for start in range(0, len(frames), batch * 4):  # the stage's batches hold several model batches
-                encoders(frames[start:start + batch * 4])
-            seconds = time.perf_counter() - started
-        rows.append({"batch": batch, "device": encoders.device, "frames_per_s": round(len(frames) / seconds, 1),
-                     "gpu_busy_percent": busy.percent})
-    print(f"{'batch':>6} {'device':>8} {'frames/s':>10} {'GPU busy %':>11}")
+        for name, run in inputs.items():
+            run(encoders, slice(0, batch))  # warm-up
+            with GpuBusy() as busy:
+                started = time.perf_counter()
+                for start in range(0, len(views), batch * 4):  # the stage's batches hold several model batches
+                    run(encoders, slice(start, start + batch * 4))
+                seconds = time.perf_counter() - started
+            rows.append({"batch": batch, "input": name, "device": encoders.device,
+                         "frames_per_s": round(len(views) / seconds, 1), "gpu_busy_percent": busy.percent})
+    print(f"{'batch':>6} {'input':>6} {'device':>8} {'frames/s':>10} {'GPU busy %':>11}")
     for row in rows:
-        print(f"{row['batch']:>6} {row['device']:>8} {row['frames_per_s']:>10} {str(row['gpu_busy_percent']):>11}")
-    Path(args.out).write_text(json.dumps({"frames": args.frames, "side": args.side, "embedder": embedder, "vae": vae,
-                                          "rows": rows}, indent=2))
+        print(f"{row['batch']:>6} {row['input']:>6} {row['device']:>8} {row['frames_per_s']:>10} "
+              f"{str(row['gpu_busy_percent']):>11}")
+    Path(args.out).write_text(json.dumps({"frames": args.frames, "side": args.side, "view": [height, width],
+                                          "embedder": embedder, "vae": vae, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ class CaptionStage:
             for i, result in zip(chunk, self.captioner.caption(samples[start:start + self.batch_size])):
                 results[i] = result
         column = lambda attr: [getattr(results[i], attr) if i in results else None for i in range(batch.num_rows)]
-        consumed = ["caption_frames"] + ([self.text_column] if self.text_column else [])
+        consumed = [self.text_column] if self.text_column else []  # the views go on to the encoders
         return _stamped(batch.drop_columns(consumed)
                         .append_column("caption", pa.array(column("caption"), pa.string()))
                         .append_column("quality", pa.array(column("quality"), pa.float32()))
@@ -186,8 +186,10 @@ class CaptionStage:
 
 
 class EncodeStage:
-    """Actor: owns the image embedder and the VAE. Adds embedding (pooled per sample),
-    frame_embeddings and latents (per frame) as tensor columns."""
+    """Actor: owns the image embedder and the VAE. Encodes each frame's centre crop, cut on its
+    device from the captioner view (or the CPU stage's crop, where the view was too small), adds
+    embedding (pooled per sample), frame_embeddings and latents (per frame) as tensor columns,
+    and drops the views."""
 
     def __init__(self, config: JobConfig):
         from etl.models.encoders import FrameEncoders
@@ -196,18 +198,19 @@ class EncodeStage:
         self.encoders = FrameEncoders(models.embedder.model, models.vae.model,
                                       embedder_batch_size=models.embedder.batch_size,
                                       vae_batch_size=models.vae.batch_size)
-        size = config.frames.crop_size
+        size = self.crop_size = config.frames.crop_size
         self.embedding_type = pa.fixed_shape_tensor(pa.float32(), [self.encoders.embedder.dim])
         self.latent_type = pa.fixed_shape_tensor(pa.float32(), list(self.encoders.vae.latent_shape(size, size)))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from etl.models.encoders import pool_per_sample
 
-        crops = batch.column("crops").combine_chunks()
-        counts = np.diff(np.asarray(crops.offsets))
-        flat = crops.flatten()
-        if len(flat):
-            embeddings, latents = self.encoders(flat.to_numpy_ndarray())
+        captions = batch.column("caption_frames").combine_chunks()
+        counts = np.diff(np.asarray(captions.offsets))
+        crops = _pixel_views(batch.column("crop_frames").combine_chunks().flatten())
+        frames = [view if crop is None else crop for crop, view in zip(crops, _pixel_views(captions.flatten()))]
+        if frames:
+            embeddings, latents = self.encoders.encode_views(frames, self.crop_size)
         else:
             embeddings = np.zeros((0, self.embedding_type.shape[0]), np.float32)
             latents = np.zeros((0, *self.latent_type.shape), np.float32)
@@ -218,10 +221,24 @@ class EncodeStage:
         pooled = pool_per_sample(embeddings, counts)
         pooled = pa.ExtensionArray.from_storage(self.embedding_type, pa.FixedSizeListArray.from_arrays(
             pa.array(pooled.reshape(-1)), self.embedding_type.shape[0]))
-        return _stamped(batch.drop_columns(["crops"])
+        return _stamped(batch.drop_columns(["caption_frames", "crop_frames"])
                         .append_column("embedding", pooled)
                         .append_column("frame_embeddings", per_frame(embeddings, self.embedding_type))
                         .append_column("latents", per_frame(latents, self.latent_type)), "encode")
+
+
+def _pixel_views(views: pa.StructArray) -> list[Optional[np.ndarray]]:
+    """Cells of CAPTION_VIEW_TYPE -> uint8 (height, width, 3) arrays over the Arrow buffer
+    (no copies); None for null cells."""
+    heights, widths, pixels = views.flatten()
+    offset_type = np.int64 if pa.types.is_large_binary(pixels.type) else np.int32
+    offsets = np.frombuffer(pixels.buffers()[1], offset_type)[pixels.offset:pixels.offset + len(pixels) + 1]
+    data = pixels.buffers()[2]
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    valid = np.asarray(views.is_valid())
+    heights, widths = (side.fill_null(0).to_numpy() for side in (heights, widths))
+    return [data[offsets[i]:offsets[i + 1]].reshape(heights[i], widths[i], 3) if valid[i] else None
+            for i in range(len(views))]
 
 
 class WriteStage:

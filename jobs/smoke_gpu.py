@@ -7,8 +7,9 @@
 2. on one GPU, with the resources the plan gives an engine: loads the configured captioner
    (vLLM) and captions a few synthetic multi-frame samples; structured output must give every
    answer caption + scores (no parse errors);
-3. on one GPU: runs the embedder and VAE on a batch of frames, checks shapes and finiteness,
-   and reports frames/s.
+3. on one GPU: runs the embedder and VAE on a batch of frames as the CPU stage sends them
+   (captioner views, the centre crops cut on the GPU), checks shapes and finiteness, and
+   reports frames/s.
 Prints one line per check and exits 1 on the first failure.
 """
 
@@ -48,10 +49,19 @@ def check_encoders(config, frames: int = 256) -> dict:
     models = config.models
     encoders = FrameEncoders(models.embedder.model, models.vae.model, embedder_batch_size=models.embedder.batch_size,
                              vae_batch_size=models.vae.batch_size)
-    batch = _frames(frames, config.frames.crop_size, 0)
-    encoders(batch[:8])  # warm-up: kernels, allocator
+    from etl.transforms.frames import QWEN3_VL_FACTOR, smart_resize
+
+    # what the CPU stage sends for a 1280x720 frame under this config: its captioner view, or
+    # the crop itself where that view is too small to cut the crop from
+    crop = config.frames.crop_size
+    height, width = smart_resize(720, 1280, factor=QWEN3_VL_FACTOR, min_pixels=config.frames.min_pixels,
+                                 max_pixels=config.frames.max_pixels)
+    height, width = (height, width) if min(height, width) >= crop else (crop, crop)
+    batch = np.random.default_rng(0).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+    encode = lambda views: encoders.encode_views(list(views), crop)
+    encode(batch[:8])  # warm-up: kernels, allocator
     started = time.perf_counter()
-    embeddings, latents = encoders(batch)  # results are on the host: the GPU work is done
+    embeddings, latents = encode(batch)  # results are on the host: the GPU work is done
     seconds = time.perf_counter() - started
     cuda = encoders.device.startswith("cuda")
     return {"device": torch.cuda.get_device_name() if cuda else "cpu", "frames_per_s": round(frames / seconds, 1),

@@ -327,3 +327,46 @@ def test_the_decode_stage_previews_exactly_the_chosen_good_rows():
     previews = out.column(PREVIEW).to_pylist()
     assert [p is not None for p in previews] == [True, True, False, False, True, False]
     assert max(Image.open(io.BytesIO(previews[0])).size) <= 160
+
+
+def test_the_encode_stage_encodes_each_frames_crop_and_drops_the_views(tiny, tmp_path):
+    import torch
+
+    from etl.models.encoders import FrameEncoders, centre_crops
+    from etl.pipeline import ERROR, EncodeStage
+    from etl.transforms.frames import CAPTION_VIEW_TYPE
+
+    rng = np.random.default_rng(0)
+    cell = lambda h, w: {"height": h, "width": w, "pixels": rng.integers(0, 256, h * w * 3, dtype=np.uint8).tobytes()}
+    shapes = [[(64, 96), (64, 96)], [], [(96, 64)], [(64, 64), (32, 96), (96, 64)]]
+    views = [[cell(h, w) for h, w in row] for row in shapes]
+    crops = [[None] * len(row) for row in shapes]
+    crops[3][1] = cell(64, 64)  # a view too small for the crop: the CPU stage sent the crop itself
+    batch = pa.table({"sample_id": [f"0:{i}" for i in range(4)], ERROR: [None, "decode: bad", None, None],
+                      "caption_frames": pa.array(views, pa.list_(CAPTION_VIEW_TYPE)),
+                      "crop_frames": pa.array(crops, pa.list_(CAPTION_VIEW_TYPE))})
+    out = EncodeStage(_config(tmp_path, tmp_path / "out", tiny))(batch.slice(1))
+    assert "caption_frames" not in out.column_names and "crop_frames" not in out.column_names
+    sent = [crop or view for view_row, crop_row in zip(views[1:], crops[1:]) for view, crop in zip(view_row, crop_row)]
+    frames = [torch.from_numpy(np.frombuffer(c["pixels"], np.uint8).reshape(c["height"], c["width"], 3).copy())
+              for c in sent]
+    expected = FrameEncoders(str(tiny["clip"]), str(tiny["vae"]))(centre_crops(frames, 64).permute(0, 2, 3, 1).numpy())
+    got = out.column("frame_embeddings").combine_chunks()
+    assert got.value_lengths().to_pylist() == [0, 1, 3]
+    np.testing.assert_allclose(got.flatten().to_numpy_ndarray(), expected[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.column("latents").combine_chunks().flatten().to_numpy_ndarray(), expected[1],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_pixel_views_read_each_cell_in_place_and_keep_nulls():
+    from etl.pipeline import _pixel_views
+    from etl.transforms.frames import CAPTION_VIEW_TYPE
+
+    cells = [{"height": 1, "width": 2, "pixels": bytes(range(6))}, None,
+             {"height": 2, "width": 1, "pixels": bytes(range(6, 12))}, {"height": 1, "width": 1, "pixels": b"xyz"}]
+    views = pa.array(cells, CAPTION_VIEW_TYPE)
+    got = _pixel_views(views.slice(1, 3))  # a slice: its buffers start before its first cell
+    assert got[0] is None
+    assert got[1].shape == (2, 1, 3) and got[1].reshape(-1).tolist() == list(range(6, 12))
+    assert got[2].tobytes() == b"xyz"
+    assert _pixel_views(views)[0].shape == (1, 2, 3) and _pixel_views(views.slice(0, 0)) == []

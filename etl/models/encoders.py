@@ -2,15 +2,18 @@
 
 - `ImageEmbedder`: CLIP / SigLIP image embeddings (any model with `get_image_features`).
 - `LatentEncoder`: diffusers `AutoencoderKL` latents (the distribution's mean, so repeatable).
-- `FrameEncoders`: both on one upload of the frames, as the pipeline's encode stage runs them.
+- `FrameEncoders`: both on one upload of the frames, as the pipeline's encode stage runs them;
+  `encode_views` takes the CPU stage's captioner views (any sizes) and cuts the square crops
+  the encoders read on the device (`centre_crops`), so the CPU stage resizes each frame once.
 
-Each takes uint8 frames (N, H, W, 3) as the CPU stage makes them and returns float32 numpy
-arrays; `encode(tensor)` works on frames already on the device and keeps results there. On
-CUDA: weights in bf16 (the SD VAE overflows in fp16), frames copied once through a reused
-pinned buffer and normalised on the GPU, one copy back per batch of results.
+Each takes uint8 frames (N, H, W, 3) and returns float32 numpy arrays; `encode(tensor)` works on
+frames already on the device and keeps results there. On CUDA: weights in bf16 (the SD VAE
+overflows in fp16), frames copied once through a reused pinned buffer, cropped, resized and
+normalised on the GPU, one copy back per batch of results.
 """
 
-from typing import Optional
+import warnings
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -33,10 +36,10 @@ def _check_frames(frames: np.ndarray) -> None:
 
 
 class FrameUpload:
-    """uint8 (N, H, W, 3) numpy -> uint8 (N, 3, H, W) tensor on the device. On CUDA it copies
-    through one pinned host buffer, grown as needed and reused (pinning fresh pages for every
-    batch costs more than the copy), and asynchronously: the buffer is only rewritten after
-    the previous copy out of it has finished."""
+    """uint8 (N, H, W, 3) numpy -> uint8 (N, 3, H, W) tensor on the device; `views` moves frames
+    of different sizes in one copy. On CUDA it copies through one pinned host buffer, grown as
+    needed and reused (pinning fresh pages for every batch costs more than the copy), and
+    asynchronously: the buffer is only rewritten after the previous copy out of it has finished."""
 
     def __init__(self, device: str):
         self.device = device
@@ -44,22 +47,62 @@ class FrameUpload:
         self._copied = None  # CUDA event: the last copy out of the pinned buffer
 
     def __call__(self, frames: np.ndarray):
+        _check_frames(frames)
+        return self.views([frames])[0].permute(0, 3, 1, 2)
+
+    def views(self, arrays: Sequence[np.ndarray]) -> list:
+        """uint8 numpy arrays of any shapes (read-only Arrow memory is fine: it is only read)
+        -> tensors of the same shapes on the device."""
         import torch
 
-        _check_frames(frames)
-        host = torch.from_numpy(np.ascontiguousarray(frames))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            hosts = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         if not self.device.startswith("cuda"):
-            return host.permute(0, 3, 1, 2)
+            return hosts
+        total = sum(h.numel() for h in hosts)
         if self._copied is not None:
             self._copied.synchronize()
-        if self._pinned is None or self._pinned.numel() < host.numel():
-            self._pinned = torch.empty(host.numel(), dtype=torch.uint8, pin_memory=True)
-        staged = self._pinned[:host.numel()].view(host.shape)
-        staged.copy_(host)
-        on_device = staged.to(self.device, non_blocking=True)
+        if self._pinned is None or self._pinned.numel() < total:
+            self._pinned = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+        ends = np.cumsum([h.numel() for h in hosts])
+        for host, end in zip(hosts, ends):
+            self._pinned[end - host.numel():end].view(host.shape).copy_(host)
+        on_device = self._pinned[:total].to(self.device, non_blocking=True)
         self._copied = torch.cuda.Event()
         self._copied.record()
-        return on_device.permute(0, 3, 1, 2)
+        return [on_device[end - h.numel():end].view(h.shape) for h, end in zip(hosts, ends)]
+
+
+CROP_CHUNK_FRAMES = 64  # bounds the float copies a resize makes: 64 x 448 x 448 x 3 x 4 B = 154 MB
+
+
+def centre_crops(frames: Sequence, size: int):
+    """uint8 (H, W, 3) tensors of any sizes, on one device -> uint8 (N, 3, size, size) there:
+    each frame's centre square resized to size x size, bicubic and antialiased as Pillow
+    resizes (a frame already that size is left as it is). Frames of one shape (a video's, a
+    dataset's) are resized together."""
+    import torch
+    import torch.nn.functional as F
+
+    device = frames[0].device if len(frames) else "cpu"
+    out = torch.empty((len(frames), 3, size, size), dtype=torch.uint8, device=device)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, frame in enumerate(frames):
+        if frame.dim() != 3 or frame.shape[2] != 3 or frame.dtype != torch.uint8:
+            raise ValueError(f"frame {i}: need uint8 (H, W, 3), got {frame.dtype} {tuple(frame.shape)}")
+        by_shape.setdefault(tuple(frame.shape), []).append(i)
+    for (h, w, _), members in by_shape.items():
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        for start in range(0, len(members), CROP_CHUNK_FRAMES):
+            chunk = members[start:start + CROP_CHUNK_FRAMES]
+            square = torch.stack([frames[i][top:top + side, left:left + side] for i in chunk]).permute(0, 3, 1, 2)
+            if side != size:
+                square = F.interpolate(square.float(), size=(size, size), mode="bicubic", antialias=True,
+                                       align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+            out[torch.tensor(chunk, device=device)] = square
+    return out
 
 
 def _embedding_dim(config: dict) -> int:
@@ -192,7 +235,14 @@ class FrameEncoders:
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, H, W, 3) uint8 -> (embeddings (N, D), latents (N, C, h, w)), float32."""
-        on_device = self.upload(frames)
+        return self._encode(self.upload(frames))
+
+    def encode_views(self, views: Sequence[np.ndarray], crop_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (H, W, 3) frames of any sizes -> the results for their crop_size centre crops,
+        cut on the device (`centre_crops`) after one copy of all of them."""
+        return self._encode(centre_crops(self.upload.views(views), crop_size))
+
+    def _encode(self, on_device) -> tuple[np.ndarray, np.ndarray]:
         embeddings, latents = self.embedder.encode(on_device), self.vae.encode(on_device)
         return embeddings.cpu().numpy(), latents.cpu().numpy()
 

@@ -1,11 +1,14 @@
-"""Frame decoding for the CPU stage: encoded frames in, two pixel views out.
+"""Frame decoding for the CPU stage: encoded frames in, pixel views out.
 
 Per frame: a header check against the decompression-bomb limit (no pixels decoded yet), a JPEG
 DCT-scaled decode (`draft`) when the frame shrinks by 2x or more, EXIF orientation, conversion
 of L/P/RGBA/CMYK/16-bit/... to RGB, then
 - the captioner view: Qwen-VL "smart resize" (sides multiples of patch x merge, pixel count
   within [min_pixels, max_pixels]), the same rule as transformers' Qwen2-VL `smart_resize`;
-- the encoder view: shorter side resized to `crop_size`, then a centre crop.
+- the encoders' `crop_size` centre crop, only where the captioner view is too small to cut it
+  from: otherwise the encoders cut it from that view on their own device
+  (`etl.models.encoders.centre_crops`). A second resize here cost the CPU stage a fifth of its
+  time, and the CPU stage is what keeps the GPUs fed; an upscaled crop would lose detail.
 
 A sample whose frames cannot all be decoded is a value (`FrameError` with its reason), never an
 exception that sinks the batch.
@@ -46,7 +49,7 @@ class FrameError(Exception):
 @dataclass
 class Frame:
     caption_view: np.ndarray  # (H, W, 3) uint8, H and W multiples of spec.factor
-    crop: np.ndarray          # (crop, crop, 3) uint8
+    crop: Optional[np.ndarray]  # (crop, crop, 3) uint8; None: the encoders cut it from caption_view
     source_size: tuple[int, int]  # (width, height) as stored, before orientation
 
 
@@ -110,7 +113,7 @@ def _open(data):
 
 
 def decode_frame(data, spec: FrameSpec) -> Frame:
-    """One encoded image (file bytes, or a `pil` struct) -> its two views. Raises FrameError."""
+    """One encoded image (file bytes, or a `pil` struct) -> its views. Raises FrameError."""
     from PIL import Image, ImageOps
 
     try:
@@ -127,7 +130,8 @@ def decode_frame(data, spec: FrameSpec) -> Frame:
         orientation = image.getexif().get(_ORIENTATION, 1)
         upright = (height, width) if orientation in _SWAPS_AXES else (width, height)
         caption_size = _caption_size(*upright, spec)
-        scale = spec.crop_size / min(upright)
+        crop_here = min(caption_size) < spec.crop_size
+        scale = spec.crop_size / min(upright) if crop_here else 0
         needed = (max(caption_size[0], round(upright[0] * scale)),
                   max(caption_size[1], round(upright[1] * scale)))
         if spec.use_draft and image.format == "JPEG":
@@ -142,6 +146,8 @@ def decode_frame(data, spec: FrameSpec) -> Frame:
     except Exception as exc:
         raise FrameError(f"cannot decode ({type(exc).__name__}: {exc})") from None
     caption = np.asarray(image.resize(caption_size, Image.BICUBIC))
+    if not crop_here:
+        return Frame(caption, None, (width, height))
     # Shorter side to crop_size then centre crop == resize only the centre square (`box`),
     # which filters the same pixels without resizing the parts the crop drops.
     w, h = image.size
@@ -169,18 +175,23 @@ def decode_sample(frames: Sequence[bytes], spec: FrameSpec) -> list[Frame]:
 CAPTION_VIEW_TYPE = pa.struct([("height", pa.int32()), ("width", pa.int32()), ("pixels", pa.large_binary())])
 
 
+def _view_cell(pixels: np.ndarray) -> dict:
+    return {"height": pixels.shape[0], "width": pixels.shape[1], "pixels": pixels.tobytes()}
+
+
 class FrameDecodeStage:
     """CPU stage. Needs `image_column` (binary or list of binary) and `error_column`; replaces
-    the image column with `caption_frames`, `crops`, `frame_count`, `frame_sizes`. Rows that arrive with an error are
-    passed through untouched; rows that fail here get their reason in `error_column`."""
+    the image column with `caption_frames`, `crop_frames` (per frame the centre crop, or null
+    where the encoders cut it from the caption frame), `frame_count`, `frame_sizes`. Rows that
+    arrive with an error are passed through untouched; rows that fail here get their reason in
+    `error_column`."""
 
     def __init__(self, image_column: str, spec: FrameSpec = FrameSpec(), error_column: str = "error"):
         self.image_column, self.spec, self.error_column = image_column, spec, error_column
 
     @property
     def outputs(self) -> dict[str, pa.DataType]:
-        crop = pa.fixed_shape_tensor(pa.uint8(), [self.spec.crop_size, self.spec.crop_size, 3])
-        return {"caption_frames": pa.list_(CAPTION_VIEW_TYPE), "crops": pa.list_(crop),
+        return {"caption_frames": pa.list_(CAPTION_VIEW_TYPE), "crop_frames": pa.list_(CAPTION_VIEW_TYPE),
                 "frame_count": pa.int32(), "frame_sizes": pa.list_(pa.list_(pa.int32(), 2))}
 
     @staticmethod
@@ -202,23 +213,15 @@ class FrameDecodeStage:
                 except FrameError as exc:
                     errors[i] = f"decode: {exc}"
             frames = frames or []
-            caption_rows.append([{"height": f.caption_view.shape[0], "width": f.caption_view.shape[1],
-                                  "pixels": f.caption_view.tobytes()} for f in frames])
-            crop_rows.append([f.crop for f in frames])
+            caption_rows.append([_view_cell(f.caption_view) for f in frames])
+            crop_rows.append([None if f.crop is None else _view_cell(f.crop) for f in frames])
             counts.append(len(frames))
             sizes.append([list(f.source_size) for f in frames])
         out = self.outputs
-        crop_type = out["crops"].value_type
-        flat = [c for row in crop_rows for c in row]
-        storage = pa.FixedSizeListArray.from_arrays(
-            pa.array(np.concatenate([c.reshape(-1) for c in flat]) if flat else np.zeros(0, np.uint8)),
-            int(np.prod(crop_type.shape)))
-        offsets = pa.array(np.concatenate([[0], np.cumsum([len(r) for r in crop_rows])]).astype(np.int32))
-        crops = pa.ListArray.from_arrays(offsets, pa.ExtensionArray.from_storage(crop_type, storage))
         batch = batch.set_column(batch.schema.get_field_index(self.error_column), self.error_column,
                                  pa.array(errors, pa.string()))
         batch = batch.drop_columns([self.image_column])  # consumed: the encoded bytes go no further
         return (batch.append_column("caption_frames", pa.array(caption_rows, out["caption_frames"]))
-                .append_column("crops", crops)
+                .append_column("crop_frames", pa.array(crop_rows, out["crop_frames"]))
                 .append_column("frame_count", pa.array(counts, pa.int32()))
                 .append_column("frame_sizes", pa.array(sizes, out["frame_sizes"])))

@@ -86,3 +86,54 @@ def test_both_encoders_on_one_upload_match_each_alone(tiny):
     uploaded = FrameUpload("cpu")(frames)
     assert uploaded.shape == (5, 3, 64, 64) and uploaded.dtype.is_floating_point is False
     assert int(uploaded[1, 2, 3, 4]) == frames[1, 3, 4, 2]
+
+
+def _photo(height, width, seed):
+    """Smooth content (what a resize filter is for): a gradient with a few soft blobs."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    channels = [np.sin(x * rng.uniform(2, 9) + y * rng.uniform(2, 9) + rng.uniform(0, 6)) for _ in range(3)]
+    return (np.stack(channels, axis=-1) * 120 + 128).astype(np.uint8)
+
+
+def test_centre_crops_match_pillow_and_keep_the_frames_order():
+    import torch
+    from PIL import Image
+
+    from etl.models.encoders import CROP_CHUNK_FRAMES, centre_crops
+
+    # two shapes interleaved, one of them in more than one resize chunk, and one already the size
+    shapes = [(96, 160), (160, 96)] * (CROP_CHUNK_FRAMES // 2 + 3) + [(32, 32)]
+    frames = [_photo(h, w, i) for i, (h, w) in enumerate(shapes)]
+    crops = centre_crops([torch.from_numpy(f) for f in frames], 32)
+    assert crops.shape == (len(frames), 3, 32, 32) and crops.dtype == torch.uint8
+    for got, frame in zip(crops.permute(0, 2, 3, 1).numpy(), frames):
+        h, w, _ = frame.shape
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        expected = np.asarray(Image.fromarray(frame).resize((32, 32), Image.BICUBIC,
+                                                            box=(left, top, left + side, top + side)))
+        assert np.abs(got.astype(int) - expected).mean() < 1.5
+    assert np.array_equal(crops[-1].permute(1, 2, 0).numpy(), frames[-1])  # the right size: untouched
+    with pytest.raises(ValueError, match=r"frame 0: need uint8 \(H, W, 3\)"):
+        centre_crops([torch.zeros((4, 4), dtype=torch.uint8)], 4)
+
+
+def test_views_of_any_size_encode_like_their_crops(tiny):
+    import torch
+
+    from etl.models.encoders import FrameEncoders, FrameUpload, centre_crops
+
+    views = [_photo(h, w, i) for i, (h, w) in enumerate([(64, 96), (96, 64), (64, 64), (64, 96)])]
+    for view in views:
+        view.flags.writeable = False  # as Arrow hands them over
+    encoders = FrameEncoders(str(tiny["clip"]), str(tiny["vae"]), embedder_batch_size=2, vae_batch_size=2)
+    embeddings, latents = encoders.encode_views(views, 64)
+    crops = centre_crops([torch.from_numpy(v.copy()) for v in views], 64).permute(0, 2, 3, 1).numpy()
+    expected_embeddings, expected_latents = encoders(crops)
+    np.testing.assert_allclose(embeddings, expected_embeddings, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(latents, expected_latents, rtol=1e-5, atol=1e-6)
+    assert embeddings.shape == (4, 16) and latents.shape == (4, 4, 8, 8)
+    uploaded = FrameUpload("cpu").views(views)
+    assert [tuple(t.shape) for t in uploaded] == [v.shape for v in views]
+    assert all(np.array_equal(t.numpy(), v) for t, v in zip(uploaded, views))

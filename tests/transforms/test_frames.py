@@ -26,12 +26,21 @@ def _quadrants(width=96, height=64):
 
 
 def test_views_have_qwen_sizes_and_the_crop_size():
-    frame = decode_frame(jpeg_frames(1, 1280, 720)[0], FrameSpec())
+    frame = decode_frame(jpeg_frames(1, 1280, 720)[0], FrameSpec(crop_size=384))
     h, w, _ = frame.caption_view.shape
     assert h % 32 == 0 and w % 32 == 0 and 65536 <= h * w <= 448 * 448
     assert abs(w / h - 1280 / 720) < 0.1
-    assert frame.crop.shape == (224, 224, 3) and frame.crop.dtype == np.uint8
+    assert min(h, w) < 384  # too small to cut a 384 px crop from without upscaling: cut here
+    assert frame.crop.shape == (384, 384, 3) and frame.crop.dtype == np.uint8
     assert frame.source_size == (1280, 720)
+
+
+def test_the_crop_is_left_to_the_encoders_where_the_view_is_large_enough():
+    data = jpeg_frames(1, 1280, 720)[0]
+    frame = decode_frame(data, FrameSpec(crop_size=224))
+    assert frame.crop is None and min(frame.caption_view.shape[:2]) >= 224
+    # the same view either way: the crop's size no longer decides the decode scale
+    np.testing.assert_array_equal(frame.caption_view, decode_frame(data, FrameSpec(crop_size=16)).caption_view)
 
 
 def test_exif_orientation_is_applied():
@@ -115,9 +124,14 @@ def test_stage_adds_views_and_turns_failures_into_error_values():
     assert out.column("error").to_pylist()[1].startswith("decode: frame 1: not a decodable image")
     assert out.column("error").to_pylist()[3] == "column 'frames': upstream problem"  # untouched
     assert out.column("frame_count").to_pylist() == [2, 0, 1, 0]
-    assert out.schema.field("crops").type == stage.outputs["crops"]
-    crops = out.column("crops").combine_chunks().flatten().to_numpy_ndarray()
-    assert crops.shape == (3, 64, 64, 3) and crops.dtype == np.uint8
+    assert {name: out.schema.field(name).type for name in stage.outputs} == stage.outputs
+    crops = out.column("crop_frames").to_pylist()
+    assert [len(row) for row in crops] == [2, 0, 1, 0]
+    # 320x180 under max_pixels 224 x 224: a 288x160 view, too small for 192 px crops but not for 64
+    large = FrameDecodeStage("frames", FrameSpec(max_pixels=224 * 224, min_pixels=32 * 32, crop_size=192))(batch)
+    made = [c for row in large.column("crop_frames").to_pylist() for c in row]
+    assert [(c["height"], c["width"], len(c["pixels"])) for c in made] == [(192, 192, 192 * 192 * 3)] * 3
+    assert crops[0] == [None, None]
     view = out.column("caption_frames")[0].as_py()[0]
     assert len(view["pixels"]) == view["height"] * view["width"] * 3
     assert out.column("frame_sizes").to_pylist()[0] == [[320, 180], [320, 180]]
