@@ -42,7 +42,8 @@ def stages_alone(config, samples: int) -> dict[str, float]:
     config = pipeline._absolute_model_paths(config)
     rows = etl.read_mds(config.input, columns=["caption", "frames"]).take_batch(samples, batch_format="pyarrow")
     prepared = pipeline.Prepare("frames", "caption", None, config.sink.buckets)(rows)
-    spec, schemas = pipeline.frame_spec(config), pipeline.table_schemas(config)
+    spec = pipeline.frame_spec(config, encoders_on_gpu=torch.cuda.is_available())  # as the run plans it
+    schemas = pipeline.table_schemas(config)
     stages = [
         ("decode", lambda: pipeline.DecodeStage(pipeline.FRAMES, spec, pipeline.ERROR, pipeline.PreviewRows()),
          pipeline.decode_batch_rows(config)),

@@ -318,10 +318,11 @@ def error_class(reason: str) -> str:
     return re.split(r" \(|: ", detail, maxsplit=1)[0][:120]
 
 
-def frame_spec(config: JobConfig) -> FrameSpec:
+def frame_spec(config: JobConfig, encoders_on_gpu: bool = True) -> FrameSpec:
     frames = config.frames
     return FrameSpec(min_pixels=frames.min_pixels, max_pixels=frames.max_pixels, crop_size=frames.crop_size,
-                     max_image_pixels=frames.max_image_pixels, use_draft=frames.use_draft)
+                     max_image_pixels=frames.max_image_pixels, use_draft=frames.use_draft,
+                     crops_on_cpu=not encoders_on_gpu)
 
 
 def decode_batch_rows(config: JobConfig) -> int:
@@ -479,7 +480,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     # The same plan `python -m jobs.plan` prints, against the live cluster: refused before any work
     sizes = [estimate_decoded_bytes(entries[s], columns) for s in todo]
     plan = planner.plan(planner.nodes_from_ray(ray.nodes()), config, planner.footprints_of(config), sizes)
-    spec = frame_spec(config)
+    spec = frame_spec(config, encoders_on_gpu=plan.encoder_gpus > 0)
     source = MDSDatasource(config.input, shards=todo, columns=columns,
                            verify_hashes=config.read.verify_hashes, shards_per_task=config.read.shards_per_task,
                            on_bad_shard="quarantine", max_image_pixels=config.frames.max_image_pixels,

@@ -39,6 +39,7 @@ def test_the_crop_is_left_to_the_encoders_where_the_view_is_large_enough():
     data = jpeg_frames(1, 1280, 720)[0]
     frame = decode_frame(data, FrameSpec(crop_size=224))
     assert frame.crop is None and min(frame.caption_view.shape[:2]) >= 224
+    assert decode_frame(data, FrameSpec(crop_size=224, crops_on_cpu=True)).crop.shape == (224, 224, 3)
     # the same view either way: the crop's size no longer decides the decode scale
     np.testing.assert_array_equal(frame.caption_view, decode_frame(data, FrameSpec(crop_size=16)).caption_view)
 
