@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from etl.models.encoders import FrameEncoders  # noqa: E402
+from etl.models.encoders import FrameEncoders, centre_crops  # noqa: E402
 
 
 class GpuBusy:
@@ -82,15 +82,10 @@ def main() -> None:
         embedder, vae = str(tiny["clip"]), str(tiny["vae"])
     height, width = (int(v) for v in args.view.split("x"))
     views = np.random.default_rng(0).integers(0, 256, (args.frames, height, width, 3), dtype=np.uint8)
-    top, left = (height - min(height, width)) // 2, (width - min(height, width)) // 2
-    crops = np.ascontiguousarray(views[:, top:top + min(height, width), left:left + min(height, width)])
-    if crops.shape[1] != args.side:
-        import torch
-        import torch.nn.functional as F
+    import torch
 
-        resized = F.interpolate(torch.from_numpy(crops).permute(0, 3, 1, 2).float(), size=(args.side, args.side),
-                                mode="bicubic", antialias=True, align_corners=False)
-        crops = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    # the same crops made on the host, as the CPU stage sends them where it cuts them itself
+    crops = centre_crops(list(torch.from_numpy(views)), args.side).permute(0, 2, 3, 1).contiguous().numpy()
     inputs = {"views": lambda encoders, chunk: encoders.encode_views(list(views[chunk]), args.side),
               "crops": lambda encoders, chunk: encoders(crops[chunk])}
     rows = []

@@ -164,12 +164,14 @@ class CaptionStage:
         from etl.models.captioner import CaptionSample
 
         errors = batch.column(ERROR).to_pylist()
-        views = batch.column("caption_frames").to_pylist()
+        captions = batch.column("caption_frames").combine_chunks()
+        starts = np.asarray(captions.offsets)
+        views = _pixel_views(captions.flatten())  # in place: no Python bytes per frame
         texts = batch.column(self.text_column).to_pylist() if self.text_column else [None] * batch.num_rows
         todo = [i for i, e in enumerate(errors) if e is None]
         keys = batch.column("sample_id").to_pylist()
-        samples = [CaptionSample([np.frombuffer(v["pixels"], np.uint8).reshape(v["height"], v["width"], 3)
-                                  for v in views[i]], texts[i], keys[i]) for i in todo]
+        samples = [CaptionSample(views[starts[i] - starts[0]:starts[i + 1] - starts[0]], texts[i], keys[i])
+                   for i in todo]
         results = {}
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
