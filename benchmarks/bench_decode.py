@@ -1,15 +1,17 @@
 """Decode + resize: the CPU stage inside a Ray pipeline against its ceiling and against Daft,
 on the same 1280x720 JPEG frames, side by side in one run.
 
-    python benchmarks/bench_decode.py [--samples 400] [--frames-per-sample 8] [--rounds 3]
+    python benchmarks/bench_decode.py [--samples 400] [--frames-per-sample 8] [--rounds 3] [--repeats 3]
 
-- ceiling: a tight single-process Pillow loop (draft + resize to fit 448 px), frames/s x cores;
+- ceiling: a tight single-process Pillow loop (draft + resize to fit 448 px), frames/s x cores,
+  timed on 640 of the frames right before and right after each Ray run (the mean of both);
 - same-work loop: `decode_frame` (the stage's own function: bomb check, EXIF, mode and the
   captioner view fitting 448 px; the encoders cut their 224 px crop from that view on their
   device) in one process, x cores: what the stage could do with no Ray;
 - Ray: the pipeline's read (`MDSDatasource`, one block per read task) -> `FrameDecodeStage` on an
-  actor pool sized from the cluster's CPUs, as the pipeline runs it, consumed as the next stage would (frames/s from execution start; "steady"
-  leaves out the time to the first output: actor start-up);
+  actor pool sized from the cluster's CPUs, as the pipeline runs it, consumed as the next stage
+  would (frames/s from execution start; "steady" leaves out the time to the first output: actor
+  start-up). Run --repeats times; the run with the median ratio to its ceiling is the figure;
 - Daft 0.7: `decode_image` + `resize` to 448x252 on its native runner (all cores), the peer,
   on the first 640 of the same frames per round (median of rounds, after a warm-up round).
 Targets: Ray >= 80% of the ceiling, Ray >= 2x Daft. Writes results/decode.json and decode.png.
@@ -113,6 +115,7 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--frames-per-sample", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="Ray runs, each between two ceiling runs")
     args = parser.parse_args(argv)
 
     from etl.synthetic import jpeg_frames
@@ -128,27 +131,44 @@ def main(argv=None) -> None:
     # captioner view 448x256 for 16:9: the encoders' 224 px crop is cut from it on their device
     spec = FrameSpec(max_pixels=448 * 256, crop_size=224)
 
-    loop = per_core_rate(pillow_loop, pool, args.rounds)
-    same_work = per_core_rate(lambda f: stage_loop(f, spec), pool, args.rounds)
-    ray_result = ray_stage(path, spec, cores, len(frames))
-    daft = daft_rate(frames[:640], args.rounds)  # Daft holds a whole collect() in memory: rounds of 640
+    # The loops time the same 640 frames as Daft (~3 s a round, not a blink of 16 frames that one
+    # stall on this shared VM skews). The ceiling is timed right before and right after each Ray
+    # run, because the VM's speed drifts within a minute: their mean is the ceiling while Ray ran.
+    # The pair is repeated and the median pair (by ratio) is the figure.
+    loop_frames = frames[:640]
+    same_work = per_core_rate(lambda f: stage_loop(f, spec), loop_frames, args.rounds)
+    pairs = []
+    for _ in range(args.repeats):
+        before = per_core_rate(pillow_loop, loop_frames, args.rounds)
+        # the stage's rate once its workers run ("steady"): start-up (worker processes, ~20 s on
+        # this VM) is paid once per job, and hours of frames follow it at this rate
+        ray_result = ray_stage(path, spec, cores, len(frames))
+        after = per_core_rate(pillow_loop, loop_frames, args.rounds)
+        ceiling = (before + after) / 2 * cores
+        pairs.append({"ceiling": ceiling, "loop_before_per_core": before, "loop_after_per_core": after,
+                      "ray": ray_result, "ray_over_ceiling": ray_result["steady_frames_per_s"] / ceiling})
+    daft = daft_rate(loop_frames, args.rounds)  # Daft holds a whole collect() in memory: rounds of 640
 
-    ceiling = loop * cores
-    # the stage's rate once its workers run: start-up (worker processes, ~15 s on this VM) is
-    # paid once per job, and hours of frames follow it at this rate
+    pair = sorted(pairs, key=lambda p: p["ray_over_ceiling"])[len(pairs) // 2]
+    ceiling, ray_result = pair["ceiling"], pair["ray"]
+    loop = ceiling / cores
     ray_rate = ray_result["steady_frames_per_s"]
-    rows = [("ceiling: Pillow draft loop x cores", f"{ceiling:.0f}", f"{loop:.0f} x {cores}"),
+    rows = [("ceiling: Pillow draft loop x cores", f"{ceiling:.0f}",
+             f"{loop:.0f} x {cores}; per core {pair['loop_before_per_core']:.0f} before Ray, "
+             f"{pair['loop_after_per_core']:.0f} after"),
             ("same-work loop (decode_frame) x cores", f"{same_work * cores:.0f}", f"{same_work:.0f} x {cores}"),
             ("Ray: read -> FrameDecodeStage actors", f"{ray_rate:.0f}",
              f"steady; {ray_result['frames_per_s']:.0f} with start-up (first output {ray_result['first_output_s']:.1f} s)"),
             ("Daft 0.7 decode_image + resize", f"{daft:.0f}", "native runner, all cores")]
     print(f"{len(frames)} frames 1280x720 JPEG (mean {statistics.mean(map(len, pool)) / 1e3:.0f} KB) -> 448 px, "
-          f"{cores} cores")
+          f"{cores} cores; the median of {len(pairs)} Ray runs, each between two ceiling runs")
     table(rows, ("path", "frames/s", "detail"))
-    ratios = {"ray_over_ceiling": ray_rate / ceiling, "ray_over_daft": ray_rate / daft,
+    ratios = {"ray_over_ceiling": pair["ray_over_ceiling"], "ray_over_daft": ray_rate / daft,
               "ray_over_same_work_loop": ray_rate / (same_work * cores),
-              "same_work_loop_over_pillow_loop": same_work / loop}
-    print(f"  Ray / ceiling {ratios['ray_over_ceiling']:.2f} (target >= 0.80); Ray / Daft "
+              "same_work_loop_over_pillow_loop": same_work / loop,
+              "ray_over_ceiling_each_run": [p["ray_over_ceiling"] for p in pairs]}
+    print(f"  Ray / ceiling {ratios['ray_over_ceiling']:.2f} (target >= 0.80; each run: "
+          f"{', '.join(f'{r:.2f}' for r in ratios['ray_over_ceiling_each_run'])}); Ray / Daft "
           f"{ratios['ray_over_daft']:.2f}x (target >= 2); Ray / same-work loop {ratios['ray_over_same_work_loop']:.2f}; "
           f"stage work / Pillow loop work {ratios['same_work_loop_over_pillow_loop']:.2f}")
     bar_plot("decode", f"decode + resize, 1280x720 JPEG -> 448 px, {cores} cores",
@@ -158,8 +178,8 @@ def main(argv=None) -> None:
                     "frames_per_s": {"ceiling": ceiling, "pillow_loop_per_core": loop,
                                      "same_work_loop": same_work * cores, "ray": ray_rate,
                                      "ray_steady": ray_result["steady_frames_per_s"], "daft": daft},
-                    "ray": ray_result, "ratios": ratios, "targets": {"ray_over_ceiling": 0.8, "ray_over_daft": 2.0},
-                    "args": vars(args)})
+                    "ray": ray_result, "runs": pairs, "ratios": ratios,
+                    "targets": {"ray_over_ceiling": 0.8, "ray_over_daft": 2.0}, "args": vars(args)})
 
 
 if __name__ == "__main__":

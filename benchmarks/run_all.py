@@ -19,7 +19,7 @@ from common import REPO, RESULTS, bar_plot
 BENCHMARKS = {
     "mds_read": ("bench_mds_read.py", ["--samples", "1000", "--rounds", "5"], ["--samples", "100", "--rounds", "2"]),
     "frame_decode": ("bench_frame_decode.py", ["--frames", "64", "--rounds", "5"], ["--frames", "16", "--rounds", "2"]),
-    "decode": ("bench_decode.py", ["--samples", "400"], ["--samples", "40", "--rounds", "1"]),
+    "decode": ("bench_decode.py", ["--samples", "400"], ["--samples", "40", "--rounds", "1", "--repeats", "1"]),
     "pipeline": ("bench_pipeline.py", ["--samples", "10000"], ["--samples", "1000"]),
     "memory": ("bench_memory.py", ["--sizes", "10000", "100000"], ["--sizes", "1000", "3000"]),
     "resume": ("bench_resume.py", ["--samples", "1200"], ["--samples", "240"]),
