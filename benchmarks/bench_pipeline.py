@@ -5,7 +5,8 @@ alone, with the tiny models, on the same samples, side by side in one invocation
 
 Alone: each stage's own callable (`etl.pipeline` DecodeStage, CaptionStage, EncodeStage,
 WriteStage) in this process, on the batches the stage before it produced, with one torch
-thread (what a fractional-CPU Ray actor gets), setup excluded. End to end: `etl.pipeline.run`
+thread (what a fractional-CPU Ray actor gets), setup excluded; timed right before and right
+after the end-to-end run, and the mean of both taken (this VM's speed drifts within minutes). End to end: `etl.pipeline.run`
 on a local Ray with 2 CPUs. "Steady" is the rate rows leave the encode stage (the last before
 the write) between 10% and 90% of the rows (actor start-up excluded); "wall" includes start-up. The CPU bound is cores / (sum of every
 stage's seconds per row): what this box could do if orchestration cost nothing, since every
@@ -100,26 +101,32 @@ def main(argv=None) -> None:
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        alone = stages_alone(job_config(path, work / "alone"), min(args.samples, 4096))
+        # the stages alone right before and right after the end-to-end run: this VM's speed moves
+        # by a third within a minute, and the mean of both is what they could do while it ran
+        before = stages_alone(job_config(path, work / "alone-before"), min(args.samples, 4096))
         e2e = end_to_end(job_config(path, work / "e2e"))
+        after = stages_alone(job_config(path, work / "alone-after"), min(args.samples, 4096))
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
+    alone = {name: (before[name] + after[name]) / 2 for name in before}
     slowest = min(alone, key=alone.get)
     cpu_bound = cores / sum(1 / rate for rate in alone.values())
     overhead = 1 - e2e["steady_samples_per_s"] / alone[slowest]
-    rows = [(f"{name} alone (1 thread)", f"{rate:.0f}") for name, rate in alone.items()]
-    rows += [(f"CPU bound: {cores} cores / sum of stage costs", f"{cpu_bound:.0f}"),
-             ("end to end, steady (10%-90% of rows encoded)", f"{e2e['steady_samples_per_s']:.0f}"),
-             ("end to end, wall (incl. start-up)", f"{e2e['wall_samples_per_s']:.0f}")]
+    rows = [(f"{name} alone (1 thread)", f"{rate:.0f}", f"{before[name]:.0f} before, {after[name]:.0f} after")
+            for name, rate in alone.items()]
+    rows += [(f"CPU bound: {cores} cores / sum of stage costs", f"{cpu_bound:.0f}", ""),
+             ("end to end, steady (10%-90% of rows encoded)", f"{e2e['steady_samples_per_s']:.0f}", ""),
+             ("end to end, wall (incl. start-up)", f"{e2e['wall_samples_per_s']:.0f}", "")]
     print(f"{args.samples} samples x 1 frame 96x64, tiny models, {cores} cores")
-    table(rows, ("path", "samples/s"))
+    table(rows, ("path", "samples/s", "detail"))
     print(f"  overhead vs slowest stage alone ({slowest}): {overhead:.0%} (target <= 20%); "
           f"steady / CPU bound {e2e['steady_samples_per_s'] / cpu_bound:.2f}")
     bar_plot("pipeline", f"samples/s, tiny models, {cores} cores",
              [r[0] for r in rows], [float(r[1]) for r in rows], "samples/s",
              0.8 * alone[slowest], "80% of the slowest stage alone")
-    save("pipeline", {"samples": args.samples, "alone_samples_per_s": alone, "slowest": slowest,
+    save("pipeline", {"samples": args.samples, "alone_samples_per_s": alone, "alone_before": before,
+                      "alone_after": after, "slowest": slowest,
                       "cpu_bound_samples_per_s": cpu_bound, "end_to_end": e2e, "overhead": overhead,
                       "target_overhead": 0.2, "job": SMALL_JOB})
 
