@@ -5,7 +5,8 @@
 One process, one core, the same 1280x720 frames for every variant, interleaved rounds, median.
 "decode_frame" is the CPU stage's per-frame work (checks, EXIF, mode, the Qwen smart-resize
 view; the encoders cut their 224 px crop from that view on their device); "Pillow loop" is the
-bare decode + one resize to fit 448 px, the per-core ceiling the stage is held to.
+bare decode + one resize to fit 448 px, the per-core ceiling the stage is held to. Last, the
+stage's Arrow column of those views, built from Python cells against `view_lists`.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from etl.synthetic import jpeg_frames  # noqa: E402
-from etl.transforms.frames import FrameSpec, decode_frame  # noqa: E402
+from etl.transforms.frames import CAPTION_VIEW_TYPE, FrameSpec, decode_frame, view_lists  # noqa: E402
 
 
 def pillow_loop(frames, draft):
@@ -40,6 +41,26 @@ def stage_loop(frames, draft):
     spec = FrameSpec(use_draft=draft)
     for data in frames:
         decode_frame(data, spec)
+
+
+def arrow_column_rates(views, rounds):
+    """frames/s of turning decoded views into the stage's list<CAPTION_VIEW_TYPE> column: through a
+    Python bytes cell per frame (what Arrow builds from Python objects) against `view_lists`."""
+    import pyarrow as pa
+
+    rows = [[view] for view in views]
+    variants = {
+        "cells": lambda: pa.array([[{"height": v.shape[0], "width": v.shape[1], "pixels": v.tobytes()}] for v in views],
+                                  pa.list_(CAPTION_VIEW_TYPE)),
+        "view_lists": lambda: view_lists(rows),
+    }
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: len(views) / statistics.median(t) for name, t in times.items()}
 
 
 def psnr(a, b):
@@ -77,9 +98,14 @@ def main():
     print(f"  draft / full, decode_frame: {results['decode_frame, draft'] / results['decode_frame, full decode']:.2f}x; "
           f"decode_frame draft / Pillow loop draft: {results['decode_frame, draft'] / results['Pillow loop, draft']:.2f}")
     print(f"  PSNR draft vs full: caption view {caption_psnr:.1f} dB")
+    # the stage's last step per batch, on 8x these views (~100 ms a round)
+    columns = arrow_column_rates([f.caption_view for f in drafted] * 8, args.rounds)
+    print(f"  view column, {columns['cells']:.0f} frames/s through Python cells, {columns['view_lists']:.0f} through "
+          f"view_lists: {columns['view_lists'] / columns['cells']:.2f}x")
     out = Path(__file__).parent / "results" / "frame_decode.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"frames_per_s": results, "psnr_caption_db": caption_psnr,
+                               "view_column_frames_per_s": columns,
                                "args": vars(args)}, indent=2))
     print(f"saved {out}")
 

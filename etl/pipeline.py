@@ -29,7 +29,7 @@ from etl import storage
 from etl.committer import CommitCadence, RunCommitter, remove_unfinished_rows
 from etl.sinks.table_datasink import write_bucket_files
 from etl.sources.shard_selection import select_shards
-from etl.transforms.frames import FrameDecodeStage, FrameSpec
+from etl.transforms.frames import FrameDecodeStage, FrameSpec, pixel_views
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class CaptionStage:
         errors = batch.column(ERROR).to_pylist()
         captions = batch.column("caption_frames").combine_chunks()
         starts = np.asarray(captions.offsets)
-        views = _pixel_views(captions.flatten())  # in place: no Python bytes per frame
+        views = pixel_views(captions.flatten())  # in place: no Python bytes per frame
         texts = batch.column(self.text_column).to_pylist() if self.text_column else [None] * batch.num_rows
         todo = [i for i, e in enumerate(errors) if e is None]
         keys = batch.column("sample_id").to_pylist()
@@ -209,8 +209,8 @@ class EncodeStage:
 
         captions = batch.column("caption_frames").combine_chunks()
         counts = np.diff(np.asarray(captions.offsets))
-        crops = _pixel_views(batch.column("crop_frames").combine_chunks().flatten())
-        frames = [view if crop is None else crop for crop, view in zip(crops, _pixel_views(captions.flatten()))]
+        crops = pixel_views(batch.column("crop_frames").combine_chunks().flatten())
+        frames = [view if crop is None else crop for crop, view in zip(crops, pixel_views(captions.flatten()))]
         if frames:
             embeddings, latents = self.encoders.encode_views(frames, self.crop_size)
         else:
@@ -227,20 +227,6 @@ class EncodeStage:
                         .append_column("embedding", pooled)
                         .append_column("frame_embeddings", per_frame(embeddings, self.embedding_type))
                         .append_column("latents", per_frame(latents, self.latent_type)), "encode")
-
-
-def _pixel_views(views: pa.StructArray) -> list[Optional[np.ndarray]]:
-    """Cells of CAPTION_VIEW_TYPE -> uint8 (height, width, 3) arrays over the Arrow buffer
-    (no copies); None for null cells."""
-    heights, widths, pixels = views.flatten()
-    offset_type = np.int64 if pa.types.is_large_binary(pixels.type) else np.int32
-    offsets = np.frombuffer(pixels.buffers()[1], offset_type)[pixels.offset:pixels.offset + len(pixels) + 1]
-    data = pixels.buffers()[2]
-    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-    valid = np.asarray(views.is_valid())
-    heights, widths = (side.fill_null(0).to_numpy() for side in (heights, widths))
-    return [data[offsets[i]:offsets[i + 1]].reshape(heights[i], widths[i], 3) if valid[i] else None
-            for i in range(len(views))]
 
 
 class WriteStage:

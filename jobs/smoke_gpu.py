@@ -20,9 +20,9 @@ import time
 import numpy as np
 
 
-def _frames(count: int, side: int, seed: int) -> np.ndarray:
+def _frames(count: int, height: int, width: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (count, side, side, 3), dtype=np.uint8)
+    return rng.integers(0, 256, (count, height, width, 3), dtype=np.uint8)
 
 
 def check_captioner(config) -> dict:
@@ -32,7 +32,7 @@ def check_captioner(config) -> dict:
     captioner = captioner_from_config(config)
     loaded = time.perf_counter() - started
     side = captioner.frame_factor * 8  # a valid smart-resized frame size
-    samples = [CaptionSample(list(_frames(frames, side, i)), "smoke test", f"smoke-{i}")
+    samples = [CaptionSample(list(_frames(frames, side, side, i)), "smoke test", f"smoke-{i}")
                for i, frames in enumerate((1, 2, min(4, config.frames.max_frames)) * 4)]
     started = time.perf_counter()
     results = captioner.caption(samples)
@@ -45,19 +45,20 @@ def check_encoders(config, frames: int = 256) -> dict:
     import torch
 
     from etl.models.encoders import FrameEncoders
+    from etl.pipeline import frame_spec
 
     models = config.models
     encoders = FrameEncoders(models.embedder.model, models.vae.model, embedder_batch_size=models.embedder.batch_size,
                              vae_batch_size=models.vae.batch_size)
-    from etl.transforms.frames import QWEN3_VL_FACTOR, smart_resize
 
-    # what the CPU stage sends for a 1280x720 frame under this config: its captioner view, or
-    # the crop itself where that view is too small to cut the crop from
-    crop = config.frames.crop_size
-    height, width = smart_resize(720, 1280, factor=QWEN3_VL_FACTOR, min_pixels=config.frames.min_pixels,
-                                 max_pixels=config.frames.max_pixels)
-    height, width = (height, width) if min(height, width) >= crop else (crop, crop)
-    batch = np.random.default_rng(0).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+    # what the CPU stage sends the GPU encoders for a 1280x720 frame under this config: its
+    # captioner view, or the crop itself where that view is too small to cut the crop from
+    spec = frame_spec(config, encoders_on_gpu=True)
+    crop = spec.crop_size
+    width, height = spec.caption_size(1280, 720)
+    if spec.crop_made_here((width, height)):
+        width = height = crop
+    batch = _frames(frames, height, width, 0)
     encode = lambda views: encoders.encode_views(list(views), crop)
     encode(batch[:8])  # warm-up: kernels, allocator
     started = time.perf_counter()

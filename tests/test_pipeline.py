@@ -358,15 +358,12 @@ def test_the_encode_stage_encodes_each_frames_crop_and_drops_the_views(tiny, tmp
                                rtol=1e-4, atol=1e-5)
 
 
-def test_pixel_views_read_each_cell_in_place_and_keep_nulls():
-    from etl.pipeline import _pixel_views
-    from etl.transforms.frames import CAPTION_VIEW_TYPE
+def test_the_cpu_stage_makes_the_crops_when_the_encoders_get_no_gpu(tiny, tmp_path):
+    from etl.pipeline import frame_spec
 
-    cells = [{"height": 1, "width": 2, "pixels": bytes(range(6))}, None,
-             {"height": 2, "width": 1, "pixels": bytes(range(6, 12))}, {"height": 1, "width": 1, "pixels": b"xyz"}]
-    views = pa.array(cells, CAPTION_VIEW_TYPE)
-    got = _pixel_views(views.slice(1, 3))  # a slice: its buffers start before its first cell
-    assert got[0] is None
-    assert got[1].shape == (2, 1, 3) and got[1].reshape(-1).tolist() == list(range(6, 12))
-    assert got[2].tobytes() == b"xyz"
-    assert _pixel_views(views)[0].shape == (1, 2, 3) and _pixel_views(views.slice(0, 0)) == []
+    config = _config(tmp_path, tmp_path / "out", tiny, **{"frames.max_pixels": 128 * 128})
+    on_gpu, on_cpu = frame_spec(config, encoders_on_gpu=True), frame_spec(config, encoders_on_gpu=False)
+    view = on_gpu.caption_size(1280, 720)
+    assert min(view) >= 64  # large enough to cut the 64 px crop from
+    assert not on_gpu.crop_made_here(view) and on_cpu.crop_made_here(view)
+    assert on_gpu.crop_made_here((32, 32))  # too small: made here wherever the encoders run

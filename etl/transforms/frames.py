@@ -38,6 +38,16 @@ class FrameSpec:
     # Encoders on CPUs: cut every crop here, since Pillow resizes ~2x faster than torch on a CPU
     crops_on_cpu: bool = False
 
+    def caption_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the captioner view of an upright width x height frame."""
+        h, w = smart_resize(height, width, factor=self.factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        return w, h
+
+    def crop_made_here(self, caption_size: tuple[int, int]) -> bool:
+        """Whether the CPU stage makes the crop itself: the encoders run on CPUs, or the view is
+        too small to cut it from without upscaling."""
+        return self.crops_on_cpu or min(caption_size) < self.crop_size
+
     def __post_init__(self):
         if self.factor < 1 or self.crop_size < 1:
             raise ValueError(f"factor and crop_size must be positive: {self}")
@@ -77,11 +87,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
-
-
-def _caption_size(width: int, height: int, spec: FrameSpec) -> tuple[int, int]:
-    h, w = smart_resize(height, width, factor=spec.factor, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
-    return w, h
 
 
 def _to_rgb(image):
@@ -132,8 +137,8 @@ def decode_frame(data, spec: FrameSpec) -> Frame:
     try:
         orientation = image.getexif().get(_ORIENTATION, 1)
         upright = (height, width) if orientation in _SWAPS_AXES else (width, height)
-        caption_size = _caption_size(*upright, spec)
-        crop_here = spec.crops_on_cpu or min(caption_size) < spec.crop_size
+        caption_size = spec.caption_size(*upright)
+        crop_here = spec.crop_made_here(caption_size)
         scale = spec.crop_size / min(upright) if crop_here else 0
         needed = (max(caption_size[0], round(upright[0] * scale)),
                   max(caption_size[1], round(upright[1] * scale)))
@@ -178,8 +183,38 @@ def decode_sample(frames: Sequence[bytes], spec: FrameSpec) -> list[Frame]:
 CAPTION_VIEW_TYPE = pa.struct([("height", pa.int32()), ("width", pa.int32()), ("pixels", pa.large_binary())])
 
 
-def _view_cell(pixels: np.ndarray) -> dict:
-    return {"height": pixels.shape[0], "width": pixels.shape[1], "pixels": pixels.tobytes()}
+def view_lists(rows: Sequence[Sequence[Optional[np.ndarray]]]) -> pa.ListArray:
+    """Per row, uint8 (H, W, 3) frames (None: a null cell) -> list<CAPTION_VIEW_TYPE>. The pixels
+    are copied once, into one buffer; a cell per frame through Python bytes copied them twice
+    into fresh pages each time."""
+    cells = [cell for row in rows for cell in row]
+    present = [cell for cell in cells if cell is not None]
+    pixel_offsets = np.zeros(len(cells) + 1, np.int64)
+    np.cumsum([0 if cell is None else cell.size for cell in cells], out=pixel_offsets[1:])
+    data = np.concatenate([cell.reshape(-1) for cell in present]) if present else np.zeros(0, np.uint8)
+    pixels = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(cells),
+                                              [None, pa.py_buffer(pixel_offsets), pa.py_buffer(data)])
+    heights, widths = (pa.array([0 if cell is None else cell.shape[axis] for cell in cells], pa.int32())
+                       for axis in (0, 1))
+    nulls = pa.array([cell is None for cell in cells]) if len(present) < len(cells) else None
+    views = pa.StructArray.from_arrays([heights, widths, pixels], fields=list(CAPTION_VIEW_TYPE), mask=nulls)
+    row_offsets = np.zeros(len(rows) + 1, np.int32)
+    np.cumsum([len(row) for row in rows], out=row_offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(row_offsets), views)
+
+
+def pixel_views(views: pa.StructArray) -> list[Optional[np.ndarray]]:
+    """Cells of CAPTION_VIEW_TYPE -> uint8 (height, width, 3) arrays over the Arrow buffer
+    (no copies); None for null cells. The inverse of `view_lists`."""
+    heights, widths, pixels = views.flatten()
+    offset_type = np.int64 if pa.types.is_large_binary(pixels.type) else np.int32
+    offsets = np.frombuffer(pixels.buffers()[1], offset_type)[pixels.offset:pixels.offset + len(pixels) + 1]
+    data = pixels.buffers()[2]
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    valid = np.asarray(views.is_valid())
+    heights, widths = (side.fill_null(0).to_numpy() for side in (heights, widths))
+    return [data[offsets[i]:offsets[i + 1]].reshape(heights[i], widths[i], 3) if valid[i] else None
+            for i in range(len(views))]
 
 
 class FrameDecodeStage:
@@ -216,15 +251,15 @@ class FrameDecodeStage:
                 except FrameError as exc:
                     errors[i] = f"decode: {exc}"
             frames = frames or []
-            caption_rows.append([_view_cell(f.caption_view) for f in frames])
-            crop_rows.append([None if f.crop is None else _view_cell(f.crop) for f in frames])
+            caption_rows.append([f.caption_view for f in frames])
+            crop_rows.append([f.crop for f in frames])
             counts.append(len(frames))
             sizes.append([list(f.source_size) for f in frames])
         out = self.outputs
         batch = batch.set_column(batch.schema.get_field_index(self.error_column), self.error_column,
                                  pa.array(errors, pa.string()))
         batch = batch.drop_columns([self.image_column])  # consumed: the encoded bytes go no further
-        return (batch.append_column("caption_frames", pa.array(caption_rows, out["caption_frames"]))
-                .append_column("crop_frames", pa.array(crop_rows, out["crop_frames"]))
+        return (batch.append_column("caption_frames", view_lists(caption_rows))
+                .append_column("crop_frames", view_lists(crop_rows))
                 .append_column("frame_count", pa.array(counts, pa.int32()))
                 .append_column("frame_sizes", pa.array(sizes, out["frame_sizes"])))

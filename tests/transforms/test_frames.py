@@ -202,3 +202,33 @@ def test_the_cpu_stage_does_not_import_torch():
             "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_pixel_views_read_each_cell_in_place_and_keep_nulls():
+    from etl.transforms.frames import CAPTION_VIEW_TYPE, pixel_views
+
+    cells = [{"height": 1, "width": 2, "pixels": bytes(range(6))}, None,
+             {"height": 2, "width": 1, "pixels": bytes(range(6, 12))}, {"height": 1, "width": 1, "pixels": b"xyz"}]
+    views = pa.array(cells, CAPTION_VIEW_TYPE)
+    got = pixel_views(views.slice(1, 3))  # a slice: its buffers start before its first cell
+    assert got[0] is None
+    assert got[1].shape == (2, 1, 3) and got[1].reshape(-1).tolist() == list(range(6, 12))
+    assert got[2].tobytes() == b"xyz"
+    assert pixel_views(views)[0].shape == (1, 2, 3) and pixel_views(views.slice(0, 0)) == []
+
+
+def test_view_lists_build_what_arrow_builds_from_cells_and_read_back_in_place():
+    from etl.transforms.frames import CAPTION_VIEW_TYPE, pixel_views, view_lists
+
+    rng = np.random.default_rng(0)
+    frame = lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rows = [[frame(2, 3), None], [], [frame(4, 1)], [None]]
+    built = view_lists(rows)
+    cells = [[None if f is None else {"height": f.shape[0], "width": f.shape[1], "pixels": f.tobytes()} for f in row]
+             for row in rows]
+    assert built.type == pa.list_(CAPTION_VIEW_TYPE)
+    assert built.to_pylist() == pa.array(cells, pa.list_(CAPTION_VIEW_TYPE)).to_pylist()
+    read = pixel_views(built.flatten())
+    assert [None if v is None else v.shape for v in read] == [(2, 3, 3), None, (4, 1, 3), None]
+    assert np.array_equal(read[0], rows[0][0]) and np.array_equal(read[2], rows[2][0])
+    assert view_lists([]).to_pylist() == [] and view_lists([[None]]).to_pylist() == [[None]]
