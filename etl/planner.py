@@ -34,6 +34,11 @@ BIG_READ_TASK_BYTES = GIB    # past this, a read task is a long unsplittable uni
 ENGINE_RUNTIME_BYTES = 3 * GIB      # per vLLM engine process: CUDA context, torch, tokenizer, scheduler
 GPU_ACTIVATION_BYTES = 2 * GIB      # vLLM's profiled activations and CUDA graphs beside weights and KV
 CPU_MODEL_HEADROOM_BYTES = 1 * GIB  # interpreter, torch/transformers, one batch of activations
+# A vLLM engine on a CPU node, beside its weights, KV cache and multimodal cache: the actor, the
+# engine-core process and the worker process each import torch and vLLM. Measured: 3.3 GiB RSS
+# over the three with the tiny Qwen3-VL (1.0 + 1.1 + 1.2 GiB, after captioning).
+VLLM_CPU_RUNTIME_BYTES = 4 * GIB
+KV_BLOCK_TOKENS = 128               # vLLM allocates KV in blocks: a request's last one is partly empty
 ENCODER_ACTIVATION_BYTES = 1 * GIB  # one encoder batch on the GPU
 PROMPT_TOKENS = 160                 # system prompt + chat template + the sample's text, typical
 OBJECT_STORE_SHARE = 0.3            # Ray's default object store: 30% of a node's memory
@@ -103,6 +108,8 @@ class Plan:
     read_task_bytes: int     # the most input one task reads
     read_task_memory: int
     request_tokens: int
+    kv_cache_bytes: Optional[int] = None  # the engine's KV cache on a CPU node (vLLM's kv_cache_memory_bytes)
+    engine_cores: int = 0                 # cores a CPU-node engine binds its threads to (0: on a GPU)
     nodes: list[NodePlan] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -120,6 +127,7 @@ class Plan:
             "per unit (what each asks Ray for):",
             f"  captioner ({self.backend}): {self.engines} x [{self.engine_cpus:g} CPU, {self.engine_gpus:g} GPU, "
             f"{_gib(self.engine_memory)} RAM" + (f", needs {_gib(self.engine_gpu_memory)} per GPU" if self.engine_gpus else "")
+            + (f", {_gib(self.kv_cache_bytes)} of it KV cache" if self.kv_cache_bytes else "")
             + f"], requests of up to {self.request_tokens} tokens",
             f"  encoders: {self.encoders} x [{self.encoder_cpus:g} CPU, {self.encoder_gpus:g} GPU, "
             f"{_gib(self.encoder_memory)} RAM]",
@@ -152,7 +160,7 @@ def request_tokens(config, footprint: ModelFootprint) -> int:
     frames = config.frames
     per_frame = math.ceil(frames.max_pixels / footprint.frame_factor ** 2)
     temporal = footprint.temporal_patch if config.models.captioner.frames_as == "video" else 1
-    return math.ceil(frames.max_frames / temporal) * per_frame + PROMPT_TOKENS + config.models.captioner.max_new_tokens
+    return math.ceil(frames.max_frames / temporal) * per_frame + PROMPT_TOKENS + config.models.captioner.new_tokens
 
 
 def plan(nodes: Sequence[NodeType], config, footprints: Footprints, shard_bytes: Sequence[int]) -> Plan:
@@ -169,14 +177,14 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, shard_bytes:
     tp = settings.tensor_parallel_size
     gpu_nodes = [n for n in nodes if n.gpus >= tp]
     use_gpus = bool(gpu_nodes)
-    if settings.backend == "vllm" and not use_gpus:
-        raise PlanError(f"models.captioner.backend 'vllm' needs GPU nodes with at least tensor_parallel_size={tp} "
-                        "GPUs; this cluster has none: add a GPU worker group, or use backend 'transformers'")
+    if settings.backend == "vllm" and not use_gpus and tp > 1:
+        raise PlanError(f"models.captioner.tensor_parallel_size={tp} needs GPU nodes with {tp} GPUs; this cluster has "
+                        "none: set it to 1 (vLLM on a CPU node) or add a GPU worker group")
 
     tokens = request_tokens(config, footprints.captioner)
     if tokens > settings.max_model_len:
         problems.append(f"a request can reach {tokens} tokens ({config.frames.max_frames} frames at "
-                        f"{config.frames.max_pixels} pixels, prompt, {settings.max_new_tokens} new tokens) but "
+                        f"{config.frames.max_pixels} pixels, prompt, {settings.new_tokens} new tokens) but "
                         f"models.captioner.max_model_len is {settings.max_model_len}: raise it to >= {tokens}, "
                         "or lower frames.max_frames / frames.max_pixels")
 
@@ -202,6 +210,7 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, shard_bytes:
         return (cap.weights_bytes + cap.kv_bytes_per_token * settings.max_model_len) // tensor_parallel \
             + GPU_ACTIVATION_BYTES
 
+    kv_cache_bytes = None
     if use_gpus:
         engine_cpus = wanted.captioner.cpus_per_engine or 4.0
         encoder_cpus = wanted.encoder.cpus_per_actor or 1.0
@@ -210,9 +219,8 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, shard_bytes:
         encoder_gpu_memory = enc.weights_bytes + ENCODER_ACTIVATION_BYTES
         encoder_memory = enc.weights_bytes + CPU_MODEL_HEADROOM_BYTES
     else:
-        engine_cpus = wanted.captioner.cpus_per_engine or 0.4
+        engine_cpus, engine_memory, kv_cache_bytes = cpu_engine_needs(config, cap, tokens, nodes[0], problems)
         encoder_cpus = wanted.encoder.cpus_per_actor or 0.4
-        engine_memory = cap.weights_bytes + CPU_MODEL_HEADROOM_BYTES
         encoder_memory = enc.weights_bytes + CPU_MODEL_HEADROOM_BYTES
         engine_gpu_memory = encoder_gpu_memory = 0
     decode_memory = wanted.decode.memory_mb * MIB
@@ -346,6 +354,9 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, shard_bytes:
                         f"({store // MIB} MiB): lower it")
     if problems:
         raise PlanError("the config does not fit the cluster:\n" + "\n".join(f"  - {p}" for p in problems))
+    if kv_cache_bytes:
+        notes.append(f"KV cache {_gib(kv_cache_bytes)} per engine: {settings.max_num_seqs} requests of {tokens} tokens "
+                     f"(models.captioner.max_num_seqs), on the engine's {int(engine_cpus)} core(s)")
     if use_gpus and cap.kv_bytes_per_token:
         kv_room = int(settings.gpu_memory_utilization * accelerator_memory(gpu_nodes[0].accelerator, wanted.gpu_memory_gb)) \
             * tp - cap.weights_bytes - GPU_ACTIVATION_BYTES * tp
@@ -360,7 +371,31 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, shard_bytes:
         writers=max(1, encoders_total), task_cpus=TASK_CPUS,
         read_tasks=len(groups), shards=len(shard_bytes), shards_per_task=max((len(g) for g in groups), default=0),
         read_task_bytes=read_task_bytes, read_task_memory=read_task_memory, request_tokens=tokens,
+        kv_cache_bytes=kv_cache_bytes, engine_cores=int(engine_cpus) if kv_cache_bytes else 0,
         nodes=placed, notes=notes)
+
+
+def cpu_kv_cache_bytes(settings, footprint: ModelFootprint, tokens: int) -> int:
+    """KV cache for `max_num_seqs` requests of `tokens` tokens (vLLM also needs one request of
+    max_model_len), in whole blocks per request."""
+    per_request = -(-tokens // KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
+    return footprint.kv_bytes_per_token * max(settings.max_model_len + KV_BLOCK_TOKENS,
+                                              settings.max_num_seqs * per_request)
+
+
+def cpu_engine_needs(config, footprint: ModelFootprint, tokens: int, node: NodeType,
+                     problems: list[str]) -> tuple[float, int, Optional[int]]:
+    """(CPUs, RAM, KV cache bytes) of the captioner on a CPU node. vLLM binds its threads to whole
+    cores (None: half the node's); the transformers backend shares what it is given."""
+    settings, asked = config.models.captioner, config.resources.captioner.cpus_per_engine
+    if settings.backend != "vllm":
+        return asked or 0.4, footprint.weights_bytes + CPU_MODEL_HEADROOM_BYTES, None
+    cpus = asked or max(1.0, float(node.cpus // 2))
+    if cpus < 1 or cpus != int(cpus):
+        problems.append(f"resources.captioner.cpus_per_engine={cpus:g}: a vLLM engine on a CPU node binds its "
+                        "threads to whole cores; set a whole number >= 1")
+    kv = cpu_kv_cache_bytes(settings, footprint, tokens)
+    return cpus, footprint.weights_bytes + kv + int(settings.mm_cache_gb * GIB) + VLLM_CPU_RUNTIME_BYTES, kv
 
 
 # --- Inputs: footprints from checkpoints, nodes from cluster files or the live cluster ----------

@@ -121,6 +121,8 @@ def render(summary, config_yaml: str, models: dict[str, str]) -> str:
     else:
         parts.append("<p>No rows reached the write stage.</p>")
 
+    parts += ["<h2>Captioner</h2>", _engine_table(summary.engine)]
+
     parts.append("<h2>Quarantine by cause</h2>")
     if summary.reasons:
         causes = sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -153,6 +155,21 @@ def render(summary, config_yaml: str, models: dict[str, str]) -> str:
         parts.append(f"<details><summary>Ray Data stats</summary><pre>{e(summary.stage_stats)}</pre></details>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _engine_table(engine: dict) -> str:
+    """The captioner's figures for the run (`captioner.engine_summary`): vLLM's own token and
+    prefix-cache counters, and the answers that parsed."""
+    if not engine or not engine.get("answers"):
+        return "<p>No sample reached the captioner.</p>"
+    share = lambda value: "n/a" if value is None else f"{value:.1%}"
+    rate = lambda value: "n/a (counted by vLLM only)" if value is None else f"{value:,.0f}"
+    rows = [("answers that parsed", f"{engine['parsed']} of {engine['answers']} ({share(engine['parsed_share'])})"),
+            ("prefix-cache hit rate", share(engine.get("prefix_cache_hit_rate"))),
+            ("prompt tokens/s (inside generate)", rate(engine.get("prompt_tokens_per_s"))),
+            ("generated tokens/s (inside generate)", rate(engine.get("generation_tokens_per_s"))),
+            ("engine busy share (inside generate / wall from its first batch)", share(engine.get("busy_share")))]
+    return _table(rows, keys=True)
 
 
 def _table(rows: list[tuple], header: tuple = (), numeric: tuple = (), keys: bool = False) -> str:

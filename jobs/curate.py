@@ -65,7 +65,7 @@ def write_summary_json(summary, path: str) -> None:
 
     figures = {key: getattr(summary, key) for key in (
         "run_id", "output", "mode", "seconds", "first_commit_seconds", "last_read_seconds",
-        "shards_read_after_first_commit", "rows", "commits", "files", "reasons", "report")}
+        "shards_read_after_first_commit", "rows", "commits", "files", "reasons", "engine", "report")}
     figures.update(shards=len(summary.shards), skipped_shards=len(summary.skipped_shards),
                    commit_seconds=[round(t - summary.started_at, 3) for t in summary.commit_times],
                    # where the time to the first commit goes: when each stage finished its first row
@@ -116,7 +116,20 @@ def main(argv=None) -> int:
               f"files, {summary.commits.get(table, 0)} commit(s)")
     for reason, count in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):
         print(f"  quarantined {count} x {reason}")
+    print(f"  captioner: {engine_line(summary.engine)}")
     return 0
+
+
+def engine_line(engine: dict) -> str:
+    """One line of the run's captioner figures (`captioner.engine_summary`)."""
+    if not engine.get("answers"):
+        return "no sample reached it"
+    share = lambda key: "n/a" if engine.get(key) is None else f"{engine[key]:.0%}"
+    line = f"{engine['parsed']}/{engine['answers']} answers parsed ({share('parsed_share')})"
+    if engine.get("prompt_tokens_per_s") is not None:
+        line += (f", prefix-cache hits {share('prefix_cache_hit_rate')}, {engine['prompt_tokens_per_s']:,.0f} prompt "
+                 f"+ {engine['generation_tokens_per_s']:,.0f} generated tokens/s")
+    return line + f", engine busy {share('busy_share')}"
 
 
 if __name__ == "__main__":

@@ -72,6 +72,9 @@ def main(argv=None) -> None:
         print(f"  {out / 'tables' / table}: {summary.rows.get(table, 0)} rows, {summary.files.get(table, 0)} "
               f"files, {summary.commits.get(table, 0)} commit(s)")
     print(f"  {out / 'tables' / 'runs'}: {len(summary.per_shard)} shards recorded")
+    from jobs.curate import engine_line
+
+    print(f"captioner: {engine_line(summary.engine)}")
     print("quarantine reasons:")
     for reason, count in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):
         print(f"  {count:4d} x {reason}")

@@ -11,7 +11,7 @@ def test_the_shipped_local_config_is_valid_and_cli_values_override_it():
     config = load_config(str(LOCAL), {"input": "in", "output": "out", "sink.buckets": 8,
                                       "read.shards": "0:4", "read.text_column": None})
     assert (config.input, config.output, config.sink.buckets, config.read.shards) == ("in", "out", 8, "0:4")
-    assert config.models.captioner.backend == "transformers" and config.models.build_tiny_if_missing
+    assert config.models.captioner.backend == "vllm" and config.models.build_tiny_if_missing  # the production path
     assert config.sink.format == "delta"  # untouched file value
 
 
@@ -26,7 +26,7 @@ def test_defaults_fill_only_what_neither_the_file_nor_a_flag_sets(tmp_path):
 @pytest.mark.parametrize("yaml_text, message", [
     ("sink:\n  fromat: delta\n", "sink.fromat: unknown key; allowed keys: ['buckets', 'commit_every_files', 'commit_every_minutes', 'commit_every_shards', 'format', 'rows_per_write']"),
     ("sink:\n  format: orc\n", "sink.format: Input should be 'delta' or 'parquet' (got 'orc')"),
-    ("models:\n  captioner:\n    backend: tgi\n", "models.captioner.backend: Input should be 'transformers' or 'vllm'"),
+    ("models:\n  captioner:\n    backend: tgi\n", "models.captioner.backend: Input should be 'vllm' or 'transformers'"),
     ("sink:\n  buckets: 0\n", "sink.buckets: Input should be greater than or equal to 1 (got 0)"),
     ("frames:\n  min_pixels: 5000\n  max_pixels: 4096\n", "min_pixels (5000) exceeds max_pixels (4096)"),
     ("colour: blue\n", "colour: unknown key; allowed keys: ['frames', 'input', 'max_error_fraction'"),

@@ -46,7 +46,9 @@ def test_ray_job_submit_runs_the_curation_job(tmp_path):
     config = yaml.safe_load((REPO / "jobs/configs/local.yaml").read_text())
     config["frames"].update({"min_pixels": 32 * 32, "max_pixels": 64 * 64, "crop_size": 64})
     config["models"].update({"build_tiny_if_missing": False})
-    config["models"]["captioner"].update({"model": str(tiny["qwen3_vl"]), "max_new_tokens": 8})
+    # the transformers captioner: this test is about submission, and vLLM's engine start costs a minute
+    config["models"]["captioner"].update({"model": str(tiny["qwen3_vl"]), "max_new_tokens": 8,
+                                          "backend": "transformers"})
     config["models"]["embedder"]["model"] = str(tiny["clip"])
     config["models"]["vae"]["model"] = str(tiny["vae"])
     config_path = tmp_path / "job.yaml"

@@ -43,6 +43,7 @@ def _config(dataset_path, output, tiny, **extra):
         "input": str(dataset_path), "output": str(output), "read.id_column": "id", "read.text_column": "text",
         "frames.min_pixels": 32 * 32, "frames.max_pixels": 64 * 64, "frames.crop_size": 64,
         "models.captioner.model": str(tiny["qwen3_vl"]), "models.captioner.max_new_tokens": 8,
+        "models.captioner.backend": "transformers",  # fast; tests/test_pipeline_vllm.py runs vLLM
         "models.embedder.model": str(tiny["clip"]), "models.embedder.batch_size": 4, "models.vae.model": str(tiny["vae"]),
         "models.build_tiny_if_missing": False, "sink.buckets": 4, "sink.rows_per_write": 4,
         "sink.commit_every_files": 4, **extra})  # the test's own settings win

@@ -103,12 +103,34 @@ def test_token_budget_and_unknown_gpu_and_missing_gpus_are_refused():
                      FIELD_SHARDS)
     assert planner.plan([gib_node("x", 48, 384, 4, "MYSTERY-GPU")], production(**{"resources.gpu_memory_gb": 48}),
                         Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS).engines == 4
-    with pytest.raises(PlanError, match="backend 'vllm' needs GPU nodes"):
-        planner.plan([gib_node("cpu", 64, 256)], production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    with pytest.raises(PlanError, match="tensor_parallel_size=2 needs GPU nodes with 2 GPUs"):
+        planner.plan([gib_node("cpu", 64, 256)], production(**{"models.captioner.tensor_parallel_size": 2}),
+                     Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
     # video mode: two frames per temporal patch, so half the vision tokens
     images = planner.request_tokens(production(), QWEN_8B)
     video = planner.request_tokens(production(**{"models.captioner.frames_as": "video"}), QWEN_8B)
-    assert video - 160 - 128 == (images - 160 - 128) // 2
+    answer = production().models.captioner.new_tokens
+    assert video - 160 - answer == (images - 160 - answer) // 2
+
+
+def test_vllm_on_a_cpu_node_binds_whole_cores_and_declares_its_kv_cache():
+    node = gib_node("cpu", 64, 256)
+    plan = planner.plan([node], production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
+    assert (plan.backend, plan.engines, plan.engine_gpus, plan.engine_cpus, plan.engine_cores) == ("vllm", 1, 0, 32, 32)
+    per_request = -(-plan.request_tokens // 128) * 128  # whole KV blocks
+    assert plan.kv_cache_bytes == QWEN_8B.kv_bytes_per_token * 64 * per_request  # max_num_seqs requests
+    assert plan.engine_memory == QWEN_8B.weights_bytes + plan.kv_cache_bytes + 4 * GIB + planner.VLLM_CPU_RUNTIME_BYTES
+    assert plan.decode_actors == int(64 - 32 - 0.4 - plan.nodes[0].task_slots * 0.1)
+    assert "of it KV cache" in plan.describe() and any("KV cache" in note for note in plan.notes)
+    with pytest.raises(PlanError, match="cpus_per_engine=2.5: a vLLM engine on a CPU node binds its threads to whole"):
+        planner.plan([node], production(**{"resources.captioner.cpus_per_engine": 2.5}),
+                     Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
+    # 64 sequences of ~4K tokens of an 8B model's KV do not fit beside its weights in 64 GiB
+    with pytest.raises(PlanError, match="what is placed declares"):
+        planner.plan([gib_node("cpu", 64, 64)], production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
+    smaller = planner.plan([gib_node("cpu", 64, 64)], production(**{"models.captioner.max_num_seqs": 4}),
+                           Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
+    assert smaller.kv_cache_bytes < plan.kv_cache_bytes // 10
 
 
 def test_two_cpu_machine_gets_one_of_each_and_leaves_room_for_tasks(tiny):
@@ -118,6 +140,7 @@ def test_two_cpu_machine_gets_one_of_each_and_leaves_room_for_tasks(tiny):
                                                       "models.vae.model": str(tiny["vae"])})
     plan = planner.plan([NodeType("local", 2, 8 * GIB)], config, planner.footprints_of(config), [10 << 20] * 12)
     assert (plan.engines, plan.encoders, plan.decode_actors) == (1, 1, 1)
+    assert (plan.backend, plan.engine_cpus, plan.engine_cores) == ("vllm", 1, 1)  # one core bound to the engine
     assert plan.engine_cpus + plan.encoder_cpus + plan.decode_cpus + 0.5 == pytest.approx(2.0)
     assert plan.read_tasks == 6 and plan.engine_gpus == 0
     with pytest.raises(PlanError, match="resources.decode.actors <= 1"):

@@ -52,7 +52,10 @@ def config_file(tiny, tmp_path_factory):
     config["read"].update({"id_column": "id"})
     config["frames"].update({"min_pixels": 32 * 32, "max_pixels": 64 * 64, "crop_size": 64})
     config["models"].update({"build_tiny_if_missing": False})
-    config["models"]["captioner"].update({"model": str(tiny["qwen3_vl"]), "max_new_tokens": 8})
+    # the transformers captioner (vLLM's engine start costs a minute a run): the killed-engine
+    # test runs vLLM (tests/test_pipeline_vllm.py)
+    config["models"]["captioner"].update({"model": str(tiny["qwen3_vl"]), "max_new_tokens": 8,
+                                          "backend": "transformers"})
     config["models"]["embedder"].update({"model": str(tiny["clip"]), "batch_size": 8})
     config["models"]["vae"].update({"model": str(tiny["vae"])})
     config["sink"].update({"buckets": 4, "rows_per_write": 8, "commit_every_shards": 1, "commit_every_files": 8})

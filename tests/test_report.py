@@ -4,6 +4,7 @@
 import base64
 import shutil
 
+from etl.models.captioner import engine_summary
 from etl.pipeline import RunSummary
 from etl.report import rates_over_time, render, stage_table
 from etl.synthetic import jpeg_frames
@@ -36,7 +37,10 @@ def _summary(**extra) -> RunSummary:
                   rows={"samples": 3, "quarantine": 1}, per_shard={0: (2, 0), 1: (1, 1)},
                   reasons={"decode: not a decodable image": 1},
                   timeline={stage: {START + s: 1 for s in range(4)} for stage in ("read", "decode", "write")},
-                  previews=previews, plan="decode: 1 actor x 1.6 CPU", stage_stats="Operator 1 ReadMDS: ...")
+                  previews=previews, plan="decode: 1 actor x 1.6 CPU", stage_stats="Operator 1 ReadMDS: ...",
+                  engine=engine_summary({"answers": 3, "parsed": 2, "generate_seconds": 2.0, "wall_seconds": 2.5,
+                                         "prompt_tokens": 3000, "generation_tokens": 900,
+                                         "prefix_cache_queries": 3000, "prefix_cache_hits": 1200}))
     fields.update(extra)
     return RunSummary(**fields)
 
@@ -47,16 +51,21 @@ def test_render_escapes_captions_and_shows_every_section():
     for text in ("Curation run 20261123T000000-abcdef", "first commit</th><td>6.0 s; 2 commit round(s)",
                  "decode: not a decodable image</td><td class=n>1</td><td class=n>25.00%",
                  "quality 4, aesthetics 4", "no scores: no JSON object in the answer",
-                 "models/tiny/qwen3_vl (transformers)", "input: /data", "decode: 1 actor x 1.6 CPU"):
+                 "models/tiny/qwen3_vl (transformers)", "input: /data", "decode: 1 actor x 1.6 CPU",
+                 # the captioner's figures, from vLLM's counters
+                 "answers that parsed</th><td>2 of 3 (66.7%)", "prefix-cache hit rate</th><td>40.0%",
+                 "prompt tokens/s (inside generate)</th><td>1,500", "generated tokens/s (inside generate)</th><td>450",
+                 "wall from its first batch)</th><td>80.0%"):
         assert text in page, text
     assert page.count('<div class="card">') == 3
 
 
 def test_a_failed_run_says_why():
-    page = render(_summary(error="ErrorBudgetExceeded: 40 of 100 samples failed", timeline={}, previews=[]),
+    page = render(_summary(error="ErrorBudgetExceeded: 40 of 100 samples failed", timeline={}, previews=[], engine={}),
                   "", {})
     assert '<span class="failed">failed: ErrorBudgetExceeded: 40 of 100 samples failed</span>' in page
     assert "No rows reached the write stage." in page and "No committed sample to show." in page
+    assert "No sample reached the captioner." in page
 
 
 def open_in_chromium(path) -> dict:

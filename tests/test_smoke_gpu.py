@@ -8,7 +8,8 @@ from jobs import smoke_gpu
 def _config(tiny, **extra):
     return load_config("jobs/configs/local.yaml", {
         "input": "i", "output": "o", "models.captioner.model": str(tiny["qwen3_vl"]),
-        "models.captioner.max_new_tokens": 8, "models.embedder.model": str(tiny["clip"]),
+        "models.captioner.max_new_tokens": 8, "models.captioner.backend": "transformers",
+        "models.embedder.model": str(tiny["clip"]),
         "models.vae.model": str(tiny["vae"]), **extra})
 
 

@@ -23,15 +23,32 @@ SYSTEM_PROMPT = (
     "nothing else: {\"caption\": one or two sentences describing what is shown, \"quality\": "
     "technical quality from 1 (unusable) to 5 (excellent), \"aesthetics\": visual appeal from 1 to 5}."
 )
-CAPTION_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "caption": {"type": "string", "minLength": 1},
-        **{name: {"type": "integer", "minimum": 1, "maximum": 5} for name in SCORES},
-    },
-    "required": ["caption", *SCORES],
-    "additionalProperties": False,
-}
+
+
+def caption_schema(max_chars: int) -> dict:
+    """The answer's JSON schema. The caption is bounded, so a constrained answer always closes
+    within `answer_token_bound(max_chars)` tokens: with no bound, random or rambling output runs
+    to max_tokens and the object never closes."""
+    return {
+        "type": "object",
+        "properties": {
+            "caption": {"type": "string", "minLength": 1, "maxLength": max_chars},
+            **{name: {"type": "integer", "minimum": 1, "maximum": 5} for name in SCORES},
+        },
+        "required": ["caption", *SCORES],
+        "additionalProperties": False,
+    }
+
+
+# The longest answer the schema allows, written with no whitespace (vLLM is told so): the fixed
+# part plus at most 6 bytes per caption character (a \uXXXX escape; raw UTF-8 takes at most 4).
+# A BPE token is at least one byte, so this many tokens always hold a whole answer.
+_ANSWER_FRAME = '{"caption":"","quality":5,"aesthetics":5}'
+_BYTES_PER_CAPTION_CHAR = 6
+
+
+def answer_token_bound(max_chars: int) -> int:
+    return len(_ANSWER_FRAME) + _BYTES_PER_CAPTION_CHAR * max_chars
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,8 @@ class CaptionSample:
     frames: Sequence[np.ndarray]  # (H, W, 3) uint8 each, sides multiples of the model's factor
     context: Optional[str] = None  # optional text that came with the sample
     key: str = ""                  # the sample's id: with the run's seed, it fixes the sampling
+    fps: Optional[float] = None    # the source video's frame rate (None: the config's video_fps)
+    frame_indices: Optional[Sequence[int]] = None  # which source frames these are (None: 0, 1, 2, ...)
 
 
 def sample_seed(seed: int, key: str) -> int:
@@ -83,6 +102,28 @@ class Captioner(Protocol):
     def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
         ...
 
+    def stats(self) -> dict:
+        """Running totals since the captioner started: `answers`, `parsed`, `generate_seconds`,
+        and, where the engine counts them (vLLM), ENGINE_COUNTERS."""
+        ...
+
+
+def engine_summary(totals: dict) -> dict:
+    """A run's captioner figures from summed `stats()` deltas (plus `wall_seconds`: time the
+    engines spent from their first batch on, busy or waiting for input)."""
+    seconds = totals.get("generate_seconds", 0.0)
+    answers, queries = totals.get("answers", 0), totals.get("prefix_cache_queries", 0)
+    summary = {"answers": answers, "parsed": totals.get("parsed", 0),
+               "parsed_share": totals.get("parsed", 0) / answers if answers else None,
+               "generate_seconds": round(seconds, 3),
+               "busy_share": seconds / totals["wall_seconds"] if totals.get("wall_seconds") else None}
+    if "prompt_tokens" in totals:
+        summary.update(prompt_tokens=totals["prompt_tokens"], generation_tokens=totals["generation_tokens"],
+                       prefix_cache_hit_rate=totals.get("prefix_cache_hits", 0) / queries if queries else None,
+                       prompt_tokens_per_s=totals["prompt_tokens"] / seconds if seconds else None,
+                       generation_tokens_per_s=totals["generation_tokens"] / seconds if seconds else None)
+    return summary
+
 
 def build_messages(frame_count: int, context: Optional[str], as_video: bool = False) -> list[dict]:
     """Chat messages for one sample: its frames first (as images, in order, or as one video),
@@ -104,11 +145,17 @@ def goes_as_video(sample: CaptionSample, frames_as: str) -> bool:
     return frames_as == "video" and len(frames) > 1 and all(f.shape == frames[0].shape for f in frames)
 
 
-def video_metadata(frame_count: int, height: int, width: int, fps: float) -> dict:
-    """What Qwen3-VL needs to place its timestamps: the frames are already sampled, in order,
-    `fps` per second (frame sampling off)."""
-    return {"total_num_frames": frame_count, "fps": fps, "width": width, "height": height,
-            "duration": frame_count / fps, "video_backend": "frames", "frames_indices": list(range(frame_count))}
+def video_metadata(sample: CaptionSample, default_fps: float) -> dict:
+    """What Qwen3-VL needs to place its timestamps (frame index / fps, one per pair of frames):
+    the frames are already sampled (frame sampling off); the sample's own frame rate and frame
+    indices where it has them, else `default_fps` and consecutive frames."""
+    fps = sample.fps or default_fps
+    indices = list(sample.frame_indices) if sample.frame_indices is not None else list(range(len(sample.frames)))
+    if len(indices) != len(sample.frames):
+        raise ValueError(f"{len(indices)} frame indices for {len(sample.frames)} frames")
+    height, width = sample.frames[0].shape[:2]
+    return {"total_num_frames": indices[-1] + 1, "fps": fps, "width": width, "height": height,
+            "duration": (indices[-1] + 1) / fps, "video_backend": "frames", "frames_indices": indices}
 
 
 def prompt_of(processor, sample: CaptionSample, frames_as: str) -> str:
@@ -120,20 +167,26 @@ def prompt_of(processor, sample: CaptionSample, frames_as: str) -> str:
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 
 
-def parse_answer(raw: str) -> CaptionResult:
+def parse_answer(raw: str, cut: bool = False) -> CaptionResult:
+    """Read one answer. Lenient about wrapping (code fences, text around the object) and about
+    what a constrained engine emits inside strings (raw control characters, lone surrogate
+    escapes: `strict=False`, then surrogates paired or replaced, so the caption is valid UTF-8);
+    strict about content. `cut`: the engine stopped at max_tokens, which the error then says."""
     text = raw.strip()
     fenced = _FENCE.search(text)
     if fenced:
         text = fenced.group(1).strip()
     start, end = text.find("{"), text.rfind("}")
+    unparsable = lambda problem: CaptionResult(raw, None, None, problem + (" (cut at max_new_tokens)" if cut else ""),
+                                               raw)
     if start < 0 or end <= start:
-        return CaptionResult(raw, None, None, "no JSON object in the answer", raw)
+        return unparsable("no JSON object in the answer")
     try:
-        answer = json.loads(text[start:end + 1])
+        answer = json.loads(text[start:end + 1], strict=False)
     except json.JSONDecodeError as exc:
-        return CaptionResult(raw, None, None, f"invalid JSON ({exc.msg})", raw)
+        return unparsable(f"invalid JSON ({exc.msg})")
     if not isinstance(answer, dict):
-        return CaptionResult(raw, None, None, "answer is not a JSON object", raw)
+        return unparsable("answer is not a JSON object")
     caption = answer.get("caption")
     has_caption = isinstance(caption, str) and bool(caption.strip())
     problems = [] if has_caption else ["caption missing or empty"]
@@ -148,8 +201,14 @@ def parse_answer(raw: str) -> CaptionResult:
             problems.append(f"{name} {value!r} is not a number from 1 to 5")
             number = None
         scores[name] = number
-    return CaptionResult(caption.strip() if has_caption else raw, scores["quality"], scores["aesthetics"],
-                         "; ".join(problems) or None, raw)
+    return CaptionResult(_valid_utf8(caption.strip()) if has_caption else raw, scores["quality"],
+                         scores["aesthetics"], "; ".join(problems) or None, raw)
+
+
+def _valid_utf8(text: str) -> str:
+    """JSON may escape UTF-16 surrogates one by one: pairs become their character, a lone one
+    becomes U+FFFD (Arrow strings must be valid UTF-8)."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class TransformersCaptioner:
@@ -174,8 +233,23 @@ class TransformersCaptioner:
         self.frames_as, self.video_fps = frames_as, video_fps
         image_processor = self.processor.image_processor
         self.frame_factor = image_processor.patch_size * image_processor.merge_size
+        self.answers = self.parsed = 0
+        self.generate_seconds = 0.0
+
+    def stats(self) -> dict:
+        return {"answers": self.answers, "parsed": self.parsed, "generate_seconds": self.generate_seconds}
 
     def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
+        import time
+
+        started = time.perf_counter()
+        results = self._caption(samples)
+        self.generate_seconds += time.perf_counter() - started
+        self.answers += len(results)
+        self.parsed += sum(r.parse_error is None for r in results)
+        return results
+
+    def _caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
         import torch
         from PIL import Image
         from transformers.video_utils import VideoMetadata
@@ -187,7 +261,7 @@ class TransformersCaptioner:
         for s in samples:  # the processor matches media to placeholders in order
             if goes_as_video(s, self.frames_as):
                 videos.append(np.stack(s.frames))
-                metadata.append(VideoMetadata(**video_metadata(len(s.frames), *s.frames[0].shape[:2], self.video_fps)))
+                metadata.append(VideoMetadata(**video_metadata(s, self.video_fps)))
             else:
                 images += [Image.fromarray(frame) for frame in s.frames]
         media = {"images": images or None}
@@ -208,105 +282,19 @@ class TransformersCaptioner:
         return [parse_answer(answer) for answer in answers]
 
 
-# --- vLLM (production) -----------------------------------------------------------------------
-# An actor owning `vllm.LLM` rather than `ray.data.llm`: ray.data.llm builds its own stages
-# (preprocess, engine, postprocess) with their own actor pools and batch-size knobs, and its
-# processor config would duplicate ours. Owning the engine keeps one `Captioner` interface for
-# both backends (CaptionStage calls `caption(samples)` on either, the transformers one runs in
-# every test), lets the planner size engines with the same numbers as the other stages, and
-# keeps the sampling seed per sample. Everything that does not need a GPU (prompts, requests,
-# engine and sampling parameters, parsing) is plain code tested on CPU.
-
-
-def vllm_engine_kwargs(model_path: str, *, max_model_len: int, max_frames: int, frames_as: str = "images",
-                       tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85, max_num_seqs: int = 64,
-                       mm_cache_gb: float = 4.0, seed: int = 0) -> dict:
-    """Keyword arguments of `vllm.LLM`: prefix caching on (every request starts with the same
-    system prompt), at most `max_frames` images or one video per request, and, with tensor
-    parallelism, worker processes inside this actor (its GPUs are the ones Ray gave it)."""
-    kwargs = {"model": model_path, "max_model_len": max_model_len, "max_num_seqs": max_num_seqs,
-              "seed": seed, "enable_prefix_caching": True, "gpu_memory_utilization": gpu_memory_utilization,
-              "tensor_parallel_size": tensor_parallel_size, "mm_processor_cache_gb": mm_cache_gb,
-              "limit_mm_per_prompt": {"image": max_frames, "video": 1 if frames_as == "video" else 0}}
-    if tensor_parallel_size > 1:
-        kwargs["distributed_executor_backend"] = "mp"
-    return kwargs
-
-
-def vllm_requests(processor, samples: Sequence[CaptionSample], frames_as: str = "images",
-                  video_fps: float = 1.0) -> list[dict]:
-    """vLLM offline requests: the chat-templated prompt (system prompt first, so every request
-    shares a cacheable prefix) and the sample's frames, as images in order or as one video with
-    its metadata (frames already sampled: sampling off)."""
-    from PIL import Image
-
-    requests = []
-    for s in samples:
-        request = {"prompt": prompt_of(processor, s, frames_as)}
-        if goes_as_video(s, frames_as):
-            height, width = s.frames[0].shape[:2]
-            request["multi_modal_data"] = {"video": [(np.stack(s.frames), video_metadata(len(s.frames), height, width,
-                                                                                         video_fps))]}
-            request["mm_processor_kwargs"] = {"do_sample_frames": False}
-        else:
-            request["multi_modal_data"] = {"image": [Image.fromarray(frame) for frame in s.frames]}
-        requests.append(request)
-    return requests
-
-
-def vllm_sampling_kwargs(max_new_tokens: int, temperature: float, seed: int) -> dict:
-    """Keyword arguments of one request's `vllm.SamplingParams` (`seed`: the sample's own, from
-    `sample_seed`); the answer is constrained to CAPTION_SCHEMA."""
-    return {"max_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
-            "structured_outputs": {"json": CAPTION_SCHEMA}}
-
-
-class VLLMCaptioner:
-    """Qwen3-VL through an in-process `vllm.LLM` (one engine per actor; the actor holds the
-    GPUs the planner gave it)."""
-
-    name = "vllm"
-
-    def __init__(self, model_path: str, *, max_new_tokens: int = 128, temperature: float = 0.0,
-                 seed: int = 0, frames_as: str = "images", video_fps: float = 1.0, max_model_len: int = 8192,
-                 max_frames: int = 10, **engine):
-        from transformers import AutoProcessor
-        from vllm import LLM, SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        from etl.models.checkpoints import local_checkpoint
-
-        model_path = local_checkpoint(model_path)  # s3://... is copied to this node once
-        self.processor = AutoProcessor.from_pretrained(model_path)
-        image_processor = self.processor.image_processor
-        self.frame_factor = image_processor.patch_size * image_processor.merge_size
-        self.llm = LLM(**vllm_engine_kwargs(model_path, max_model_len=max_model_len, max_frames=max_frames,
-                                            frames_as=frames_as, seed=seed, **engine))
-        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
-        self.frames_as, self.video_fps = frames_as, video_fps
-        self._params = lambda kwargs: SamplingParams(**{
-            **kwargs, "structured_outputs": StructuredOutputsParams(**kwargs["structured_outputs"])})
-
-    def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
-        if not samples:
-            return []
-        sampling = [self._params(vllm_sampling_kwargs(self.max_new_tokens, self.temperature,
-                                                      sample_seed(self.seed, s.key))) for s in samples]
-        requests = vllm_requests(self.processor, samples, self.frames_as, self.video_fps)
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        return [parse_answer(output.outputs[0].text) for output in outputs]
-
-
-CAPTIONERS = {"transformers": TransformersCaptioner, "vllm": VLLMCaptioner}
-
-
-def captioner_from_config(config) -> "Captioner":
+def captioner_from_config(config, kv_cache_bytes: Optional[int] = None, cpu_cores: int = 0) -> "Captioner":
     """The captioner a job config names (`models.captioner`, `frames.max_frames`), as the
-    pipeline's CaptionStage and `jobs.smoke_gpu` run it."""
+    pipeline's CaptionStage and `jobs.smoke_gpu` run it. For vLLM, what the plan gives one
+    engine: its KV cache (None: vLLM's own sizing) and, on a CPU node, how many cores it binds."""
     settings = config.models.captioner
-    engine = dict(max_model_len=settings.max_model_len, max_frames=config.frames.max_frames,
-                  tensor_parallel_size=settings.tensor_parallel_size, max_num_seqs=settings.max_num_seqs,
-                  gpu_memory_utilization=settings.gpu_memory_utilization, mm_cache_gb=settings.mm_cache_gb)
-    return CAPTIONERS[settings.backend](
-        settings.model, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=settings.seed,
-        frames_as=settings.frames_as, video_fps=settings.video_fps, **(engine if settings.backend == "vllm" else {}))
+    common = dict(max_new_tokens=settings.new_tokens, temperature=settings.temperature, seed=settings.seed,
+                  frames_as=settings.frames_as, video_fps=settings.video_fps)
+    if settings.backend != "vllm":
+        return TransformersCaptioner(settings.model, **common)
+    from etl.models.vllm_captioner import VLLMCaptioner  # vLLM is imported only where it runs
+
+    return VLLMCaptioner(settings.model, **common, caption_max_chars=settings.caption_max_chars,
+                         max_model_len=settings.max_model_len, max_frames=config.frames.max_frames,
+                         tensor_parallel_size=settings.tensor_parallel_size, max_num_seqs=settings.max_num_seqs,
+                         gpu_memory_utilization=settings.gpu_memory_utilization, mm_cache_gb=settings.mm_cache_gb,
+                         enforce_eager=settings.enforce_eager, kv_cache_bytes=kv_cache_bytes, cpu_cores=cpu_cores)

@@ -4,6 +4,7 @@ Tests, the demo and CI load them through the same `from_pretrained(path)` code a
 checkpoints; nothing is downloaded. `python -m etl.models.tiny DIR` builds them all.
 """
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -58,9 +59,15 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 
+# vLLM's CPU attention kernels take head sizes 32, 64, 80, ... 512 only ("Unsupported CPU
+# attention configuration: head_dim=16" at the first generate); mrope sections sum to half of it.
+VLLM_CPU_HEAD_DIM = 64
+
+
 def build_qwen3_vl(path: Path) -> Path:
     """`Qwen3VLForConditionalGeneration` + `Qwen3VLProcessor` (Qwen3-VL's patch 16, merge 2),
-    2 text layers of width 32, 2 vision blocks, a byte-level tokenizer."""
+    2 text layers of width 32 with 64-wide heads (so vLLM runs it on CPU too), 2 vision blocks,
+    a byte-level tokenizer."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
@@ -83,8 +90,8 @@ def build_qwen3_vl(path: Path) -> Path:
     config = Qwen3VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2],
+            num_attention_heads=2, num_key_value_heads=1, head_dim=VLLM_CPU_HEAD_DIM, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [16, 8, 8],
                              "mrope_interleaved": True},
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
@@ -99,6 +106,9 @@ def build_qwen3_vl(path: Path) -> Path:
 
 
 BUILDERS = {"clip": build_clip, "vae": build_vae, "qwen3_vl": build_qwen3_vl}
+# Bumped whenever a builder changes, so checkpoints an older builder left on disk are rebuilt.
+BUILD_VERSION = "2"
+BUILD_STAMP = "tiny_build_version"
 
 
 def ensure_tiny_models(root) -> dict[str, Path]:
@@ -107,8 +117,11 @@ def ensure_tiny_models(root) -> dict[str, Path]:
     paths = {}
     for name, build in BUILDERS.items():
         path = root / name
-        if not (path / "config.json").exists():
+        stamp = path / BUILD_STAMP
+        if not stamp.exists() or stamp.read_text() != BUILD_VERSION:
+            shutil.rmtree(path, ignore_errors=True)
             build(path)
+            stamp.write_text(BUILD_VERSION)
         paths[name] = path
     return paths
 
