@@ -48,7 +48,7 @@ def stages_alone(config, samples: int) -> dict[str, float]:
     stages = [
         ("decode", lambda: pipeline.DecodeStage(pipeline.FRAMES, spec, pipeline.ERROR, pipeline.PreviewRows()),
          pipeline.decode_batch_rows(config)),
-        ("caption", lambda: pipeline.CaptionStage(config, pipeline.TEXT), config.models.captioner.batch_size * 4),
+        ("caption", lambda: pipeline.CaptionStage(config, pipeline.TEXT), pipeline.caption_batch_rows(config)),
         ("encode", lambda: pipeline.EncodeStage(config), config.models.embedder.batch_size),
         ("write", lambda: pipeline.WriteStage(str(Path(config.output) / "alone"), schemas, "alone",
                                               {"captioner": "c", "embedder": "e", "vae": "v"}),

@@ -340,10 +340,20 @@ def frame_spec(config: JobConfig, encoders_on_gpu: bool = True) -> FrameSpec:
                      crops_on_cpu=not encoders_on_gpu)
 
 
+CAPTION_CALLS_PER_BATCH = 4  # captioner calls per caption-stage batch
+
+
+def caption_batch_rows(config: JobConfig) -> int:
+    return config.models.captioner.batch_size * CAPTION_CALLS_PER_BATCH
+
+
 def decode_batch_rows(config: JobConfig) -> int:
-    """Samples per decode batch: at most _DECODE_BUDGET_BYTES of decoded pixels."""
+    """Samples per decode batch: at most _DECODE_BUDGET_BYTES of decoded pixels, and no more than
+    one caption-stage batch. Ray Data never splits a block and an actor task emits its output
+    only once it fills a block (128 MiB) or ends: one decode batch of a whole small-frame shard
+    became one caption task whose captions all reached the encoders at once, after the last."""
     per_frame = FrameDecodeStage.pixel_bytes_per_frame(frame_spec(config))
-    return max(1, _DECODE_BUDGET_BYTES // (config.frames.max_frames * per_frame))
+    return max(1, min(_DECODE_BUDGET_BYTES // (config.frames.max_frames * per_frame), caption_batch_rows(config)))
 
 
 def table_schemas(config: JobConfig) -> dict[str, pa.Schema]:
@@ -521,7 +531,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
         .map_batches(CaptionStage, fn_constructor_args=(config, TEXT if config.read.text_column else None,
                                                         plan.kv_cache_bytes, plan.engine_cores),
                      batch_format="pyarrow",
-                     batch_size=config.models.captioner.batch_size * 4, num_cpus=plan.engine_cpus,
+                     batch_size=caption_batch_rows(config), num_cpus=plan.engine_cpus,
                      num_gpus=plan.engine_gpus, memory=plan.engine_memory,
                      compute=ActorPoolStrategy(size=plan.engines), **actor_retries)
         .map_batches(EncodeStage, fn_constructor_args=(config,), batch_format="pyarrow",

@@ -41,7 +41,8 @@ def caption_schema(max_chars: int) -> dict:
 
 
 # The longest answer the schema allows, written with no whitespace (vLLM is told so): the fixed
-# part plus at most 6 bytes per caption character (a \uXXXX escape; raw UTF-8 takes at most 4).
+# part plus at most 6 bytes per caption character (a \uXXXX escape; raw UTF-8 takes at most 4,
+# and xgrammar writes bounded strings raw).
 # A BPE token is at least one byte, so this many tokens always hold a whole answer.
 _ANSWER_FRAME = '{"caption":"","quality":5,"aesthetics":5}'
 _BYTES_PER_CAPTION_CHAR = 6
@@ -188,7 +189,9 @@ def parse_answer(raw: str, cut: bool = False) -> CaptionResult:
     if not isinstance(answer, dict):
         return unparsable("answer is not a JSON object")
     caption = answer.get("caption")
-    has_caption = isinstance(caption, str) and bool(caption.strip())
+    # what the schema allows (one character or more); surrounding whitespace goes where text remains
+    has_caption = isinstance(caption, str) and bool(caption)
+    caption = (caption.strip() or caption) if has_caption else caption
     problems = [] if has_caption else ["caption missing or empty"]
     scores = {}
     for name in SCORES:
@@ -201,7 +204,7 @@ def parse_answer(raw: str, cut: bool = False) -> CaptionResult:
             problems.append(f"{name} {value!r} is not a number from 1 to 5")
             number = None
         scores[name] = number
-    return CaptionResult(_valid_utf8(caption.strip()) if has_caption else raw, scores["quality"],
+    return CaptionResult(_valid_utf8(caption) if has_caption else raw, scores["quality"],
                          scores["aesthetics"], "; ".join(problems) or None, raw)
 
 

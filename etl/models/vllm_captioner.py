@@ -96,6 +96,45 @@ def engine_counters(metrics) -> dict[str, int]:
     return totals
 
 
+def _exit_for_a_restart(why: str) -> None:
+    """The engine is gone and this `vllm.LLM` cannot be revived. Exiting the worker (not raising,
+    which Ray Data would take for a bad batch) makes Ray restart the actor with a fresh engine and
+    retry its batch there."""
+    logger.error("%s; exiting so that Ray restarts this actor", why)
+    os._exit(1)
+
+
+class EngineWatchdog:
+    """Watches the engine's processes (this process's children once the engine is up). vLLM 0.32's
+    offline client waits forever for a killed engine-core process (seen: generate blocked after a
+    SIGKILL, never raising EngineDeadError), so a batch would hang instead of being retried."""
+
+    def __init__(self, interval: float = 1.0):
+        import threading
+
+        import psutil  # a vLLM dependency
+
+        self._processes = psutil.Process().children(recursive=True)
+        self._stopped = threading.Event()
+        self._interval = interval
+        threading.Thread(target=self._watch, name="vllm-engine-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        import psutil
+
+        while not self._stopped.wait(self._interval):
+            for process in self._processes:
+                try:
+                    gone = process.status() == psutil.STATUS_ZOMBIE
+                except psutil.NoSuchProcess:
+                    gone = True
+                if gone and not self._stopped.is_set():
+                    _exit_for_a_restart(f"vLLM engine process {process.pid} died")
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
 class VLLMCaptioner:
     """Qwen3-VL through an in-process `vllm.LLM` (one engine per actor; the actor holds the
     GPUs or, on a CPU node, the cores the planner gave it)."""
@@ -130,6 +169,7 @@ class VLLMCaptioner:
             **kwargs, "structured_outputs": StructuredOutputsParams(**kwargs["structured_outputs"])})
         self.answers = self.parsed = 0
         self.generate_seconds = 0.0
+        self._watchdog = EngineWatchdog()
 
     def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -144,11 +184,7 @@ class VLLMCaptioner:
         try:
             outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         except EngineDeadError:
-            # The engine process is gone and this LLM cannot be revived. Exiting the worker
-            # (not raising, which Ray Data would take for a bad batch) makes Ray restart the
-            # actor with a fresh engine and retry this batch there.
-            logger.exception("vLLM engine died; exiting so that Ray restarts this actor")
-            os._exit(1)
+            _exit_for_a_restart("vLLM engine died")
         self.generate_seconds += time.perf_counter() - started
         results = [parse_answer(o.outputs[0].text, cut=o.outputs[0].finish_reason == "length") for o in outputs]
         self.answers += len(results)
@@ -160,6 +196,7 @@ class VLLMCaptioner:
         back its cores."""
         from etl.models.cpu_cores import release_cores
 
+        self._watchdog.stop()
         self.llm.llm_engine.engine_core.shutdown()
         release_cores()
 

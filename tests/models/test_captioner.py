@@ -39,6 +39,8 @@ def test_what_a_constrained_engine_writes_inside_strings_parses_and_becomes_vali
     assert result.parse_error is None and (result.quality, result.aesthetics) == (2.0, 5.0)
     assert result.caption == "a\x06b\tc \U0001F600 \ufffd end"
     result.caption.encode("utf-8")  # what Arrow needs
+    blank = parse_answer('{"caption":" \t","quality":1,"aesthetics":1}')  # the schema allows it: kept as written
+    assert blank.parse_error is None and blank.caption == " \t"
     cut = parse_answer('{"caption":"never closes', cut=True)
     assert cut.parse_error == "no JSON object in the answer (cut at max_new_tokens)" and cut.quality is None
 
