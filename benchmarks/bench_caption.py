@@ -165,14 +165,27 @@ if __name__ == "__main__":
     import numpy as np, ray, ray.data
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
     engine_kwargs, model, samples = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    log_metrics = sys.argv[4] == "metrics"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    config = vLLMEngineProcessorConfig(model_source=model, engine_kwargs=engine_kwargs, batch_size=16,
-                                       concurrency=1, prepare_multimodal_stage=True)
-    image = np.zeros((224, 224, 3), np.uint8)
+    # its default placement group asks for {"GPU": 1, "CPU": 1} per engine, which a CPU node never
+    # has (the engine actor stays pending): one CPU bundle instead, as our engine gets
+    # and its four CPU stages default to an actor pool of 1 CPU each: on 2 CPUs they never all fit
+    small = dict(num_cpus=0.1, concurrency=1)
+    config = vLLMEngineProcessorConfig(model_source=model, engine_kwargs=engine_kwargs, batch_size=32, log_engine_metrics=log_metrics,
+                                       concurrency=1, placement_group_config={"bundles": [{"CPU": 1}], "strategy": "PACK"},
+                                       prepare_multimodal_stage=dict(small), chat_template_stage=dict(small),
+                                       tokenize_stage=dict(small), detokenize_stage=dict(small))
+    from PIL import Image
+    from etl.models.captioner import SYSTEM_PROMPT, answer_token_bound, caption_schema
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), np.uint8))
+    # the same system prompt, schema and answer budget; one frame per sample (its rows carry no frames)
     processor = build_processor(config, preprocess=lambda row: dict(
-        messages=[{"role": "user", "content": [{"type": "image", "image": image},
-                                               {"type": "text", "text": "caption"}]}],
-        sampling_params=dict(max_tokens=32, temperature=0.7)), postprocess=lambda row: dict(text=row["generated_text"]))
+        messages=[{"role": "system", "content": SYSTEM_PROMPT},
+                  {"role": "user", "content": [{"type": "image", "image": image},
+                                               {"type": "text", "text": f"1 frame(s) of one sample {row['id']}"}]}],
+        sampling_params=dict(max_tokens=answer_token_bound(200), temperature=0.7, seed=int(row["id"]),
+                             structured_outputs={"json": caption_schema(200)})),
+        postprocess=lambda row: dict(text=row["generated_text"]))
     started = time.perf_counter()
     out = processor(ray.data.range(samples)).take_all()
     print(json.dumps({"samples": len(out), "seconds": time.perf_counter() - started}))
@@ -180,6 +193,16 @@ if __name__ == "__main__":
 
 
 def ray_data_llm(config, plan, samples: int, timeout: float) -> dict:
+    """As its docs configure it (engine metrics on), and, when that fails, with them off."""
+    first = _ray_data_llm(config, plan, samples, timeout, "metrics")
+    if first["ran"]:
+        return first
+    second = _ray_data_llm(config, plan, samples, timeout, "no-metrics")
+    return {**second, "with_engine_metrics": {k: v for k, v in first.items() if k != "log_tail"},
+            "log_engine_metrics": False}
+
+
+def _ray_data_llm(config, plan, samples: int, timeout: float, metrics: str) -> dict:
     """ray.data.llm in a child process (its own Ray), with a deadline: its pools may never fit."""
     from etl.models.vllm_captioner import vllm_engine_kwargs
 
@@ -188,12 +211,16 @@ def ray_data_llm(config, plan, samples: int, timeout: float) -> dict:
                                 max_num_seqs=settings.max_num_seqs, mm_cache_gb=settings.mm_cache_gb,
                                 kv_cache_bytes=plan.kv_cache_bytes, enforce_eager=settings.enforce_eager, on_cpu=True)
     kwargs.pop("model")
+    kwargs.pop("disable_log_stats")  # ray.data.llm sets it from log_engine_metrics
     try:
-        done = subprocess.run([sys.executable, "-c", RAY_DATA_LLM, json.dumps(kwargs), settings.model, str(samples)],
+        done = subprocess.run([sys.executable, "-c", RAY_DATA_LLM, json.dumps(kwargs), settings.model, str(samples),
+                               metrics],
                               capture_output=True, text=True, timeout=timeout, cwd=REPO)
     except subprocess.TimeoutExpired as exc:
-        tail = (exc.stderr or b"")[-1500:]
-        return {"ran": False, "error": f"no result within {timeout:.0f} s", "log_tail": str(tail)}
+        tail = (exc.stderr or b"").decode(errors="replace")[-3000:]
+        pending = "vLLMEngineStageUDF" in tail and "pending=1" in tail.split("vLLMEngineStageUDF")[-1][:300]
+        return {"ran": False, "error": f"no result within {timeout:.0f} s" +
+                (": its vLLMEngineStageUDF actor stayed pending" if pending else ""), "log_tail": tail}
     result = next((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")), None)
     if done.returncode or result is None:
         errors = [line for line in done.stderr.splitlines() if "Error" in line or "error" in line]
@@ -205,7 +232,7 @@ def ray_data_llm(config, plan, samples: int, timeout: float) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=384)
-    parser.add_argument("--ray-data-llm-timeout", type=float, default=300)
+    parser.add_argument("--ray-data-llm-timeout", type=float, default=240)
     args = parser.parse_args(argv)
 
     import ray
@@ -221,11 +248,11 @@ def main(argv=None) -> None:
     from etl import pipeline
 
     config = pipeline._absolute_model_paths(config)
-    samples = caption_samples(config)
     ray_settings.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                       logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
+        samples = caption_samples(config)
         plan = the_plan(config)
         alone = engine_alone(config, plan, samples)
         e2e = in_pipeline(config, plan)
@@ -245,6 +272,9 @@ def main(argv=None) -> None:
              f"{hf['samples_per_s'] / alone['samples_per_s']:.3f}x")]
     table(rows, ("path", "samples/s", "vs (a)"))
     print(f"engine busy share in the pipeline (inside generate / wall from its first batch): {busy:.1%} (target >= 90%)")
+    if "with_engine_metrics" in llm:
+        print(f"(c) as documented (engine metrics on): {llm['with_engine_metrics']['error']}; then with "
+              f"log_engine_metrics=False: {'ran' if llm['ran'] else llm['error']}")
     print(f"(b) / (a) = {ratio:.2f} (target >= 0.8); answers parsed in the pipeline: "
           f"{e2e['engine']['parsed']}/{e2e['engine']['answers']}; transformers parsed {hf['parsed']}/{hf['samples']}")
     print(f"caption actor + engine processes: peak RSS {e2e['engine_tree_peak_rss'] / 2**30:.2f} GiB, declared to Ray "

@@ -21,6 +21,7 @@ BENCHMARKS = {
     "frame_decode": ("bench_frame_decode.py", ["--frames", "64", "--rounds", "5"], ["--frames", "16", "--rounds", "2"]),
     "decode": ("bench_decode.py", ["--samples", "400"], ["--samples", "40", "--rounds", "1", "--repeats", "1"]),
     "pipeline": ("bench_pipeline.py", ["--samples", "10000"], ["--samples", "1000"]),
+    "caption": ("bench_caption.py", ["--samples", "384"], ["--samples", "64", "--ray-data-llm-timeout", "120"]),
     "memory": ("bench_memory.py", ["--sizes", "10000", "100000"], ["--sizes", "1000", "3000"]),
     "resume": ("bench_resume.py", ["--samples", "1200"], ["--samples", "240"]),
     "encoders": ("bench_encoders.py", ["--frames", "256"], ["--frames", "32", "--batch-sizes", "16"]),

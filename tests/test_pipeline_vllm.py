@@ -89,16 +89,21 @@ def test_the_run_reports_vllms_counters(clean_run):
     assert "prefix-cache hit rate" in page and "quality " in page  # the contact sheet shows scores
 
 
-def _engine_processes(own_pid: int) -> list:
-    """The vLLM engine-core processes of this test's own Ray (not another job's on the machine)."""
+def _engine_processes(own_pid: int, since: float) -> list:
+    """The engine-core processes of this test's caption actor: children of a CaptionStage actor,
+    started after this test began, under this test's own Ray where the process tree shows it
+    (not another job's engine on the machine)."""
     import psutil
 
     found = []
-    for process in psutil.process_iter(["name"]):
+    for process in psutil.process_iter(["name", "create_time"]):
         try:
-            if process.info["name"] == "VLLM::EngineCore" and own_pid in {p.pid for p in process.parents()}:
+            if process.info["name"] != "VLLM::EngineCore" or process.info["create_time"] < since:
+                continue
+            ancestors = process.parents()
+            if own_pid in {p.pid for p in ancestors} or "MapBatches(CaptionStage)" in ancestors[0].name():
                 found.append(process)
-        except psutil.Error:
+        except (psutil.Error, IndexError):
             continue
     return found
 
@@ -108,19 +113,19 @@ def test_a_killed_engine_restarts_its_actor_and_every_sample_lands_once_with_the
     from etl import pipeline
 
     output = tmp_path_factory.mktemp("vllm-killed")
-    killed, engines_seen = [], set()
+    killed, engines_seen, since = [], set(), time.time()
 
     def kill_the_engine_after_the_first_commit():
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not killed:
-            engines = _engine_processes(os.getpid())
+            engines = _engine_processes(os.getpid(), since)
             engines_seen.update(p.pid for p in engines)
             if engines and (output / "samples" / "_delta_log").is_dir():  # captions are flowing
                 engines[0].send_signal(signal.SIGKILL)
                 killed.append((time.time(), engines[0].pid))
             time.sleep(0.1)
         while time.monotonic() < deadline:  # the restarted actor's engine
-            engines_seen.update(p.pid for p in _engine_processes(os.getpid()))
+            engines_seen.update(p.pid for p in _engine_processes(os.getpid(), since))
             time.sleep(0.5)
             if len(engines_seen) > 1:
                 return

@@ -1,5 +1,6 @@
-"""The GPU smoke test's checks, run here on the CPU backends with the tiny models (the GPU
-paths differ only in the device and in vLLM, which this machine cannot run)."""
+"""The GPU smoke test's checks, run here on CPU with the tiny models. The captioner check runs the
+transformers backend (it must see unparsable answers); the same `captioner_from_config` path
+with vLLM generates for real in tests/models/test_vllm_captioner.py."""
 
 from etl.config import load_config
 from jobs import smoke_gpu
