@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, RESULTS, bar_plot, save, table
+from common import REPO, RESULTS, bar_plot, save, steady_rate, table
 
 FRAME_SIDE = 224  # local.yaml's captioner view (max_pixels 224 x 224)
 
@@ -72,7 +72,8 @@ def the_plan(config):
 
 
 def engine_alone(config, plan, samples) -> dict:
-    from etl.models.captioner import captioner_from_config, sample_seed
+    from etl.models.captioner import sample_seed
+    from etl.models.captioner_factory import captioner_from_config
     from etl.models.vllm_captioner import vllm_requests, vllm_sampling_kwargs
 
     captioner = captioner_from_config(config, plan.kv_cache_bytes, plan.engine_cores)
@@ -91,17 +92,6 @@ def engine_alone(config, plan, samples) -> dict:
         captioner.close()
     return {"samples": len(samples), "seconds": seconds, "samples_per_s": len(samples) / seconds,
             "generated_tokens_per_s": generated / seconds}
-
-
-def steady_rate(timeline: dict[int, int], total: int) -> float:
-    done, t10, t90 = 0, None, None
-    for second, count in sorted(timeline.items()):
-        done += count
-        if t10 is None and done >= 0.1 * total:
-            t10, rows10 = second, done
-        if t90 is None and done >= 0.9 * total:
-            t90, rows90 = second, done
-    return (rows90 - rows10) / max(1, t90 - t10)
 
 
 def engine_tree_rss(stop, peak: list) -> None:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import SMALL_JOB, bar_plot, save, synthetic_dataset, table
+from common import SMALL_JOB, bar_plot, save, steady_rate, synthetic_dataset, table
 
 
 def job_config(input_path: Path, output: Path):
@@ -74,15 +74,7 @@ def end_to_end(config) -> dict:
     total = sum(summary.rows.values())
     # the rows leaving the last model stage, per second: writes come in 2048-row lumps, too few
     # in a 10K run to time a rate between them
-    finished = sorted(summary.timeline["encode"].items())
-    done, t10, t90 = 0, None, None
-    for second, count in finished:
-        done += count
-        if t10 is None and done >= 0.1 * total:
-            t10, rows10 = second, done
-        if t90 is None and done >= 0.9 * total:
-            t90, rows90 = second, done
-    steady = (rows90 - rows10) / max(1, t90 - t10)
+    steady = steady_rate(summary.timeline["encode"], total)
     return {"rows": total, "seconds": summary.seconds, "wall_samples_per_s": total / summary.seconds,
             "steady_samples_per_s": steady, "first_commit_s": summary.first_commit_seconds}
 

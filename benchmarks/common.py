@@ -113,6 +113,19 @@ def bar_plot(name: str, title: str, labels: list[str], values: list[float], unit
     return out
 
 
+def steady_rate(per_second: dict[int, int], total: int) -> float:
+    """Rows per second between 10% and 90% of `total` rows ({unix second: rows done in it}, a
+    stage's timeline from the run summary): start-up and the tail excluded."""
+    done, t10, t90, rows10, rows90 = 0, None, None, 0, 0
+    for second, count in sorted(per_second.items()):
+        done += count
+        if t10 is None and done >= 0.1 * total:
+            t10, rows10 = second, done
+        if t90 is None and done >= 0.9 * total:
+            t90, rows90 = second, done
+    return (rows90 - rows10) / max(1, t90 - t10)
+
+
 def table(rows: list[tuple], header: tuple) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:

@@ -158,7 +158,7 @@ class CaptionStage:
 
     def __init__(self, config: JobConfig, text_column: Optional[str], kv_cache_bytes: Optional[int] = None,
                  engine_cores: int = 0):
-        from etl.models.captioner import captioner_from_config
+        from etl.models.captioner_factory import captioner_from_config
 
         self.captioner = captioner_from_config(config, kv_cache_bytes, engine_cores)
         self.text_column, self.batch_size = text_column, config.models.captioner.batch_size

@@ -26,7 +26,8 @@ def _frames(count: int, height: int, width: int, seed: int) -> np.ndarray:
 
 
 def check_captioner(config) -> dict:
-    from etl.models.captioner import CaptionSample, captioner_from_config
+    from etl.models.captioner import CaptionSample
+    from etl.models.captioner_factory import captioner_from_config
 
     started = time.perf_counter()
     captioner = captioner_from_config(config)

@@ -109,6 +109,24 @@ class Captioner(Protocol):
         ...
 
 
+@dataclass
+class AnswerTally:
+    """Running totals every backend reports in `stats()`: answers, those that parsed, seconds
+    inside generate."""
+
+    answers: int = 0
+    parsed: int = 0
+    generate_seconds: float = 0.0
+
+    def add(self, results: Sequence[CaptionResult], seconds: float) -> None:
+        self.answers += len(results)
+        self.parsed += sum(r.parse_error is None for r in results)
+        self.generate_seconds += seconds
+
+    def as_dict(self) -> dict:
+        return {"answers": self.answers, "parsed": self.parsed, "generate_seconds": self.generate_seconds}
+
+
 def engine_summary(totals: dict) -> dict:
     """A run's captioner figures from summed `stats()` deltas (plus `wall_seconds`: time the
     engines spent from their first batch on, busy or waiting for input)."""
@@ -236,20 +254,17 @@ class TransformersCaptioner:
         self.frames_as, self.video_fps = frames_as, video_fps
         image_processor = self.processor.image_processor
         self.frame_factor = image_processor.patch_size * image_processor.merge_size
-        self.answers = self.parsed = 0
-        self.generate_seconds = 0.0
+        self.tally = AnswerTally()
 
     def stats(self) -> dict:
-        return {"answers": self.answers, "parsed": self.parsed, "generate_seconds": self.generate_seconds}
+        return self.tally.as_dict()
 
     def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
         import time
 
         started = time.perf_counter()
         results = self._caption(samples)
-        self.generate_seconds += time.perf_counter() - started
-        self.answers += len(results)
-        self.parsed += sum(r.parse_error is None for r in results)
+        self.tally.add(results, time.perf_counter() - started)
         return results
 
     def _caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
@@ -283,21 +298,3 @@ class TransformersCaptioner:
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
         answers = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         return [parse_answer(answer) for answer in answers]
-
-
-def captioner_from_config(config, kv_cache_bytes: Optional[int] = None, cpu_cores: int = 0) -> "Captioner":
-    """The captioner a job config names (`models.captioner`, `frames.max_frames`), as the
-    pipeline's CaptionStage and `jobs.smoke_gpu` run it. For vLLM, what the plan gives one
-    engine: its KV cache (None: vLLM's own sizing) and, on a CPU node, how many cores it binds."""
-    settings = config.models.captioner
-    common = dict(max_new_tokens=settings.new_tokens, temperature=settings.temperature, seed=settings.seed,
-                  frames_as=settings.frames_as, video_fps=settings.video_fps)
-    if settings.backend != "vllm":
-        return TransformersCaptioner(settings.model, **common)
-    from etl.models.vllm_captioner import VLLMCaptioner  # vLLM is imported only where it runs
-
-    return VLLMCaptioner(settings.model, **common, caption_max_chars=settings.caption_max_chars,
-                         max_model_len=settings.max_model_len, max_frames=config.frames.max_frames,
-                         tensor_parallel_size=settings.tensor_parallel_size, max_num_seqs=settings.max_num_seqs,
-                         gpu_memory_utilization=settings.gpu_memory_utilization, mm_cache_gb=settings.mm_cache_gb,
-                         enforce_eager=settings.enforce_eager, kv_cache_bytes=kv_cache_bytes, cpu_cores=cpu_cores)

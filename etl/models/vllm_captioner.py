@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from etl.models.captioner import (
-    CaptionResult, CaptionSample, caption_schema, goes_as_video, parse_answer, prompt_of, sample_seed, video_metadata,
+    AnswerTally, CaptionResult, CaptionSample, caption_schema, goes_as_video, parse_answer, prompt_of, sample_seed, video_metadata,
 )
 
 logger = logging.getLogger(__name__)
@@ -167,8 +167,7 @@ class VLLMCaptioner:
         self.frames_as, self.video_fps, self.caption_max_chars = frames_as, video_fps, caption_max_chars
         self._params = lambda kwargs: SamplingParams(**{
             **kwargs, "structured_outputs": StructuredOutputsParams(**kwargs["structured_outputs"])})
-        self.answers = self.parsed = 0
-        self.generate_seconds = 0.0
+        self.tally = AnswerTally()
         self._watchdog = EngineWatchdog()
 
     def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
@@ -185,10 +184,9 @@ class VLLMCaptioner:
             outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         except EngineDeadError:
             _exit_for_a_restart("vLLM engine died")
-        self.generate_seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
         results = [parse_answer(o.outputs[0].text, cut=o.outputs[0].finish_reason == "length") for o in outputs]
-        self.answers += len(results)
-        self.parsed += sum(r.parse_error is None for r in results)
+        self.tally.add(results, seconds)
         return results
 
     def close(self) -> None:
@@ -203,5 +201,4 @@ class VLLMCaptioner:
     def stats(self) -> dict:
         """vLLM's token and prefix-cache counters for this engine's life, and this actor's
         answers, parsed answers and seconds inside generate."""
-        return {**engine_counters(self.llm.get_metrics()), "answers": self.answers, "parsed": self.parsed,
-                "generate_seconds": self.generate_seconds}
+        return {**engine_counters(self.llm.get_metrics()), **self.tally.as_dict()}

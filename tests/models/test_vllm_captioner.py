@@ -40,7 +40,16 @@ def samples():
 
 
 def test_the_engine_binds_its_threads_to_the_cores_it_claimed(engine):
-    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] in {str(c) for c in os.sched_getaffinity(0)}
+    import subprocess
+    import sys
+
+    bound = os.environ["VLLM_CPU_OMP_THREADS_BIND"]
+    assert bound in {str(c) for c in os.sched_getaffinity(0)}
+    # the core stays claimed while the engine lives: another engine's claim gets a different one
+    other = subprocess.run([sys.executable, "-c", "from etl.models.cpu_cores import claim_cores; "
+                            "print(claim_cores(1)[0])"], capture_output=True, text=True, check=True)
+    if len(os.sched_getaffinity(0)) > 1:
+        assert other.stdout.strip() != bound
 
 
 def test_every_answer_of_the_tiny_model_parses_with_scores_inside_the_schema(engine, samples):
