@@ -42,7 +42,8 @@ def stages_alone(config, samples: int) -> dict[str, float]:
     torch.set_num_threads(1)
     config = pipeline._absolute_model_paths(config)
     rows = etl.read_mds(config.input, columns=["caption", "frames"]).take_batch(samples, batch_format="pyarrow")
-    prepared = pipeline.Prepare("frames", "caption", None, config.sink.buckets)(rows)
+    read = config.read.model_copy(update={"text_column": "caption", "id_column": None})
+    prepared = pipeline.Prepare(read, "frames", config.sink.buckets)(rows)
     spec = pipeline.frame_spec(config, encoders_on_gpu=torch.cuda.is_available())  # as the run plans it
     schemas = pipeline.table_schemas(config)
     stages = [

@@ -24,6 +24,10 @@ class ReadConfig(_Section):
     image_column: Optional[str] = None      # None: chosen from the index's encodings
     text_column: Optional[str] = None
     id_column: Optional[str] = None         # None: sample_id derived from (shard, row)
+    # A video sample's own timing, for the captioner's timestamps (None: models.captioner.video_fps
+    # and consecutive frames): its source frame rate, and which source frames its frames are.
+    fps_column: Optional[str] = None
+    frame_indices_column: Optional[str] = None
     shards_per_task: int = Field(2, ge=1)
     max_task_mb: int = Field(256, ge=1)    # a read task stops adding shards past this (decoded) size
     verify_hashes: list[str] = []

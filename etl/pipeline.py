@@ -13,6 +13,7 @@ onwards; a stage skips rows that already have one, and the write stage routes th
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.config import JobConfig
+from etl.config import JobConfig, ReadConfig
 from etl.sinks.partitioning import buckets_of, derived_sample_ids
 from etl import storage
 from etl.committer import CommitCadence, RunCommitter, remove_unfinished_rows
+from etl.cpu_cores import keep_off_engine_cores
 from etl.sinks.table_datasink import write_bucket_files
 from etl.sources.shard_selection import select_shards
 from etl.transforms.frames import FrameDecodeStage, FrameSpec, pixel_views
@@ -56,6 +58,7 @@ def choose_image_column(encodings: dict[str, str], requested: Optional[str]) -> 
 
 
 FRAMES, TEXT = "_frames", "_text"  # internal names: no input column can collide with an output
+FPS, FRAME_INDICES = "_fps", "_frame_indices"  # a sample's own timing (read.fps_column, ...)
 READ_AT = "_read_at"  # when the row left the read task (unix s): shows commits overlapping reads
 # When each row left each stage (unix s): the write stage turns them into per-second counts,
 # the run report's samples/s per stage over time. Internal columns, never written.
@@ -71,16 +74,17 @@ CONTACT_SHEET_SAMPLES = 24
 
 class Prepare:
     """sample_id (from the id column or shard:row), bucket, the read error as `error`, and the
-    input columns renamed to internal names; nothing else goes downstream."""
+    input columns renamed to internal names; nothing else goes downstream. A sample whose own
+    timing (fps, frame indices) cannot time its frames gets that as its error."""
 
-    def __init__(self, image_column: str, text_column: Optional[str], id_column: Optional[str], buckets: int):
-        self.image_column, self.text_column = image_column, text_column
-        self.id_column, self.buckets = id_column, buckets
+    def __init__(self, read: ReadConfig, image_column: str, buckets: int):
+        self.read, self.image_column, self.buckets = read, image_column, buckets
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        keep_off_engine_cores()
         derived = derived_sample_ids(batch.column("shard"), batch.column("row"))
-        if self.id_column:
-            given = pc.cast(batch.column(self.id_column), pa.string())
+        if self.read.id_column:
+            given = pc.cast(batch.column(self.read.id_column), pa.string())
             ids = pc.if_else(pc.is_null(given), derived, given)
         else:
             ids = derived
@@ -91,9 +95,63 @@ class Prepare:
         columns = {"shard": batch.column("shard"), "row": batch.column("row"), "sample_id": ids,
                    "bucket": buckets_of(ids, self.buckets), ERROR: error, FRAMES: batch.column(self.image_column),
                    READ_AT: pa.array(np.full(batch.num_rows, time.time()))}
-        if self.text_column:
-            columns[TEXT] = batch.column(self.text_column)
+        if self.read.text_column:
+            columns[TEXT] = batch.column(self.read.text_column)
+        if self.read.fps_column or self.read.frame_indices_column:
+            columns.update(self._timing(batch, columns))
         return pa.table(columns)
+
+    def _timing(self, batch: pa.Table, columns: dict) -> dict:
+        from etl.models.captioner import frame_timing_problem
+
+        rows = batch.num_rows
+        fps = (pc.cast(batch.column(self.read.fps_column), pa.float64()) if self.read.fps_column
+               else pa.nulls(rows, pa.float64()))
+        indices = (frame_index_lists(batch.column(self.read.frame_indices_column))
+                   if self.read.frame_indices_column else [None] * rows)
+        frames = columns[FRAMES]
+        counts = (pc.list_value_length(frames).to_pylist() if pa.types.is_list(frames.type) or
+                  pa.types.is_large_list(frames.type) else [1] * rows)
+        errors = columns[ERROR].to_pylist()
+        for i, (rate, positions) in enumerate(zip(fps.to_pylist(), indices)):
+            problem = errors[i] is None and frame_timing_problem(counts[i] or 0, rate, positions)
+            if problem:
+                errors[i] = f"read: timing: {problem}"
+        return {ERROR: pa.array(errors, pa.string()), FPS: fps,
+                FRAME_INDICES: pa.array([p if isinstance(p, list) else None for p in indices], pa.list_(pa.int64()))}
+
+
+def read_columns(read: ReadConfig, encodings: dict, image_column: str) -> list[str]:
+    """The input columns the job reads; a named one the input lacks is refused before any work."""
+    named = {"read.text_column": read.text_column, "read.id_column": read.id_column,
+             "read.fps_column": read.fps_column, "read.frame_indices_column": read.frame_indices_column}
+    missing = [f"{key}={name!r}" for key, name in named.items() if name and encodings and name not in encodings]
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: no such column in the input (its columns: {', '.join(encodings)})")
+    return list(dict.fromkeys([image_column, *(name for name in named.values() if name)]))
+
+
+def frame_index_lists(column) -> list:
+    """Per row, the frame indices as a list of ints, or None, or (unreadable) the raw cell: from
+    a list column, an MDS `ndarray:int*` column (struct of shape and values) or a `json` one."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    column = column.storage if isinstance(column, pa.ExtensionArray) else column
+    values = column.to_pylist()
+    if pa.types.is_struct(column.type):
+        values = [v if ok else None for v, ok in zip(column.field("values").to_pylist(), column.is_valid().to_pylist())]
+    elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        values = [_json_list(v) for v in values]
+    whole = lambda i: isinstance(i, int) or (isinstance(i, float) and i.is_integer())
+    return [[int(i) for i in v] if isinstance(v, list) and all(whole(i) for i in v) else v for v in values]
+
+
+def _json_list(text: Optional[str]):
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _stamped(batch: pa.Table, stage: str) -> pa.Table:
@@ -128,6 +186,7 @@ class DecodeStage(FrameDecodeStage):
         self.previews = previews
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        keep_off_engine_cores()
         batch = super().__call__(batch)
         wanted = pc.and_(pc.and_(pc.is_in(batch.column("shard"), pa.array(self.previews.shards, pa.int64())),
                                  pc.less(batch.column("row"), self.previews.rows)),
@@ -163,19 +222,23 @@ class CaptionStage:
         self.captioner = captioner_from_config(config, kv_cache_bytes, engine_cores)
         self.text_column, self.batch_size = text_column, config.models.captioner.batch_size
         self._reported: dict = {}
-        self._last_done: Optional[float] = None  # when the previous batch left: waiting time counts too
+        self._last_done: Optional[float] = None  # when the previous batch left (waiting counts too)
+        self._stats_lock = threading.Lock()  # batches may run concurrently (caption_batches_per_actor)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        started = time.perf_counter()
+        with self._stats_lock:
+            if self._last_done is None:  # the wall clock starts with the first batch to arrive
+                self._last_done = time.perf_counter()
         captioned = self._caption(batch)
-        stats = [self._stats_since_last(started)] + [None] * (batch.num_rows - 1) if batch.num_rows else []
+        stats = [self._stats_since_last()] + [None] * (batch.num_rows - 1) if batch.num_rows else []
         return captioned.append_column(ENGINE_STATS, pa.array(stats, pa.string()))
 
-    def _stats_since_last(self, started: float) -> str:
-        now, stats = time.perf_counter(), self.captioner.stats()
-        delta = {key: value - self._reported.get(key, 0) for key, value in stats.items()}
-        delta["wall_seconds"] = now - (self._last_done if self._last_done is not None else started)
-        self._reported, self._last_done = stats, now
+    def _stats_since_last(self) -> str:
+        with self._stats_lock:
+            now, stats = time.perf_counter(), self.captioner.stats()
+            delta = {key: value - self._reported.get(key, 0) for key, value in stats.items()}
+            delta["wall_seconds"] = now - self._last_done
+            self._reported, self._last_done = stats, now
         return json.dumps(delta)
 
     def _caption(self, batch: pa.Table) -> pa.Table:
@@ -188,15 +251,17 @@ class CaptionStage:
         texts = batch.column(self.text_column).to_pylist() if self.text_column else [None] * batch.num_rows
         todo = [i for i, e in enumerate(errors) if e is None]
         keys = batch.column("sample_id").to_pylist()
-        samples = [CaptionSample(views[starts[i] - starts[0]:starts[i + 1] - starts[0]], texts[i], keys[i])
-                   for i in todo]
+        timing = lambda name: batch.column(name).to_pylist() if name in batch.schema.names else [None] * batch.num_rows
+        fps, indices = timing(FPS), timing(FRAME_INDICES)
+        samples = [CaptionSample(views[starts[i] - starts[0]:starts[i + 1] - starts[0]], texts[i], keys[i],
+                                 fps[i], indices[i]) for i in todo]
         results = {}
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
             for i, result in zip(chunk, self.captioner.caption(samples[start:start + self.batch_size])):
                 results[i] = result
         column = lambda attr: [getattr(results[i], attr) if i in results else None for i in range(batch.num_rows)]
-        consumed = [self.text_column] if self.text_column else []  # the views go on to the encoders
+        consumed = [c for c in (self.text_column, FPS, FRAME_INDICES) if c and c in batch.schema.names]  # views go on
         return _stamped(batch.drop_columns(consumed)
                         .append_column("caption", pa.array(column("caption"), pa.string()))
                         .append_column("quality", pa.array(column("quality"), pa.float32()))
@@ -225,6 +290,7 @@ class EncodeStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from etl.models.encoders import pool_per_sample
 
+        keep_off_engine_cores()
         captions = batch.column("caption_frames").combine_chunks()
         counts = np.diff(np.asarray(captions.offsets))
         crops = pixel_views(batch.column("crop_frames").combine_chunks().flatten())
@@ -256,6 +322,7 @@ class WriteStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from etl import storage
 
+        keep_off_engine_cores()
         failed = pc.is_valid(batch.column(ERROR))
         tag = f"{self.run_id}-{uuid.uuid4().hex[:12]}"
         run = lambda n: pa.array([self.run_id] * n, pa.string())
@@ -337,7 +404,7 @@ def frame_spec(config: JobConfig, encoders_on_gpu: bool = True) -> FrameSpec:
     frames = config.frames
     return FrameSpec(min_pixels=frames.min_pixels, max_pixels=frames.max_pixels, crop_size=frames.crop_size,
                      max_image_pixels=frames.max_image_pixels, use_draft=frames.use_draft,
-                     crops_on_cpu=not encoders_on_gpu)
+                     max_frames=frames.max_frames, crops_on_cpu=not encoders_on_gpu)
 
 
 CAPTION_CALLS_PER_BATCH = 4  # captioner calls per caption-stage batch
@@ -345,6 +412,16 @@ CAPTION_CALLS_PER_BATCH = 4  # captioner calls per caption-stage batch
 
 def caption_batch_rows(config: JobConfig) -> int:
     return config.models.captioner.batch_size * CAPTION_CALLS_PER_BATCH
+
+
+def caption_batches_per_actor(config: JobConfig) -> dict:
+    """How a caption actor takes its batches. vLLM: two at once (its captioner is thread-safe and
+    the engine batches their requests together), so the engine is not idle while the actor
+    turns one batch's answers into columns and the next batch's frames into requests. The
+    transformers backend: one at a time."""
+    if config.models.captioner.backend != "vllm":
+        return {}
+    return {"max_concurrent_calls_per_actor": 2, "enable_true_multi_threading": True}
 
 
 def decode_batch_rows(config: JobConfig) -> int:
@@ -492,7 +569,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     entries = load_index(fs, root)
     encodings = dict(zip(entries[0].column_names, entries[0].column_encodings)) if entries else {}
     image_column = choose_image_column(encodings, config.read.image_column)
-    columns = [c for c in (image_column, config.read.text_column, config.read.id_column) if c]
+    columns = read_columns(config.read, encodings, image_column)
 
     schemas = table_schemas(config)
 
@@ -522,7 +599,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
                                  # Ray 2.60 has no named max_retries here (as a keyword it would
                                  # be a read arg); ray_remote_args is deprecated for 2.64
                                  ray_remote_args=task_retries)
-        .map_batches(Prepare(image_column, config.read.text_column, config.read.id_column, config.sink.buckets),
+        .map_batches(Prepare(config.read, image_column, config.sink.buckets),
                      batch_format="pyarrow", num_cpus=plan.task_cpus, memory=plan.read_task_memory,
                      **task_retries)  # the same remote args as the read: they fuse
         .map_batches(DecodeStage, fn_constructor_args=(FRAMES, spec, ERROR, previews), batch_format="pyarrow",
@@ -533,7 +610,8 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
                      batch_format="pyarrow",
                      batch_size=caption_batch_rows(config), num_cpus=plan.engine_cpus,
                      num_gpus=plan.engine_gpus, memory=plan.engine_memory,
-                     compute=ActorPoolStrategy(size=plan.engines), **actor_retries)
+                     compute=ActorPoolStrategy(size=plan.engines, **caption_batches_per_actor(config)),
+                     **actor_retries)
         .map_batches(EncodeStage, fn_constructor_args=(config,), batch_format="pyarrow",
                      batch_size=config.models.embedder.batch_size, num_cpus=plan.encoder_cpus,
                      num_gpus=plan.encoder_gpus, memory=plan.encoder_memory,

@@ -368,3 +368,54 @@ def test_the_cpu_stage_makes_the_crops_when_the_encoders_get_no_gpu(tiny, tmp_pa
     assert min(view) >= 64  # large enough to cut the 64 px crop from
     assert not on_gpu.crop_made_here(view) and on_cpu.crop_made_here(view)
     assert on_gpu.crop_made_here((32, 32))  # too small: made here wherever the encoders run
+
+
+def test_a_vllm_caption_actor_takes_two_batches_at_once_and_transformers_one():
+    from etl.pipeline import caption_batches_per_actor
+
+    vllm = load_config("jobs/configs/local.yaml", {"input": "/in", "output": "/out"})
+    assert vllm.models.captioner.backend == "vllm"
+    assert caption_batches_per_actor(vllm) == {"max_concurrent_calls_per_actor": 2, "enable_true_multi_threading": True}
+    hf = load_config("jobs/configs/local.yaml", {"input": "/in", "output": "/out", "models.captioner.backend": "transformers"})
+    assert caption_batches_per_actor(hf) == {}
+
+
+def test_a_samples_own_timing_goes_to_the_captioner_and_a_lying_one_is_its_error():
+    from etl.mds.encodings import get_encoding
+    from etl.pipeline import ERROR, FPS, FRAME_INDICES, Prepare
+
+    config = load_config("jobs/configs/local.yaml", {"input": "/in", "output": "/out", "read.fps_column": "fps",
+                                                     "read.frame_indices_column": "at"})
+    frames = pa.array([[b"a", b"b"], [b"a"], [b"a", b"b"], [b"a", b"b"], [b"a"], [b"a", b"b"]],
+                      pa.list_(pa.binary()))
+    base = {"shard": pa.array([0] * 6, pa.int64()), "row": pa.array(range(6), pa.int64()),
+            "mds_error": pa.nulls(6, pa.string()), "frames": frames,
+            "fps": pa.array([30.0, None, 0.0, 25.0, 10.0, 30.0])}
+    as_json = pa.array(["[0, 15]", None, "[0, 1]", "[3, 1]", "[0, 1]", "not json"])
+    prepared = Prepare(config.read, "frames", 4)(pa.table({**base, "at": as_json}))
+    assert prepared.column(FPS).to_pylist()[:2] == [30.0, None]
+    assert prepared.column(FRAME_INDICES).to_pylist()[:2] == [[0, 15], None]
+    assert prepared.column(ERROR).to_pylist() == [
+        None, None, "read: timing: fps 0.0 is not positive", "read: timing: frame indices [3, 1] do not increase from 0 or more",
+        "read: timing: 2 frame indices for 1 frames", "read: timing: frame indices 'not json' are not a list of integers"]
+    # an MDS ndarray:int64 column (the reader's struct of shape and values) reads the same
+    struct = get_encoding("ndarray:int64").arrow_type
+    cells = [[0, 15], None, [0, 1], [3, 1], [0, 1], [0, 2]]
+    as_ndarray = pa.array([None if c is None else {"shape": [len(c)], "values": c} for c in cells], struct)
+    again = Prepare(config.read, "frames", 4)(pa.table({**base, "at": as_ndarray}))
+    assert again.column(FRAME_INDICES).to_pylist() == cells
+    assert again.column(ERROR).to_pylist()[3:] == [
+        "read: timing: frame indices [3, 1] do not increase from 0 or more", "read: timing: 2 frame indices for 1 frames", None]
+
+
+def test_the_job_reads_the_columns_it_names_and_refuses_one_the_input_lacks():
+    from etl.pipeline import read_columns
+
+    encodings = {"frames": "jpeg_array", "text": "str", "fps": "float64"}
+    read = load_config("jobs/configs/local.yaml", {"input": "/in", "output": "/out", "read.text_column": "text",
+                                                   "read.fps_column": "fps"}).read
+    assert read_columns(read, encodings, "frames") == ["frames", "text", "fps"]
+    lacking = read.model_copy(update={"frame_indices_column": "at"})
+    with pytest.raises(ValueError, match=r"read.frame_indices_column='at': no such column in the input "
+                                         r"\(its columns: frames, text, fps\)"):
+        read_columns(lacking, encodings, "frames")

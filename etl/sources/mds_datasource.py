@@ -18,6 +18,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from etl import storage
+from etl.cpu_cores import keep_off_engine_cores
 from etl.mds import (
     ERROR_COLUMN, MDSError, ShardEntry, ShardReader, UnsafeEncodingError, get_encoding, load_index,
 )
@@ -53,6 +54,7 @@ def _read_group(
     verify_hashes: tuple[str, ...], on_bad_shard: OnBadShard, block_bytes: Optional[int],
     max_image_pixels: Optional[int], schema: pa.Schema,
 ) -> Iterator[pa.Table]:
+    keep_off_engine_cores()
     reader = ShardReader(fs, root, verify_hashes, max_image_pixels)
     for entry in entries:
         blocks = reader.read_blocks(entry, columns, block_bytes)

@@ -35,6 +35,7 @@ class FrameSpec:
     crop_size: int = 224
     max_image_pixels: int = 50_000_000  # a 1 MB JPEG claiming more is a decompression bomb
     use_draft: bool = True
+    max_frames: int = 10  # per sample: the engine takes no more per request, the planner counts tokens for these
     # Encoders on CPUs: cut every crop here, since Pillow resizes ~2x faster than torch on a CPU
     crops_on_cpu: bool = False
 
@@ -49,8 +50,8 @@ class FrameSpec:
         return self.crops_on_cpu or min(caption_size) < self.crop_size
 
     def __post_init__(self):
-        if self.factor < 1 or self.crop_size < 1:
-            raise ValueError(f"factor and crop_size must be positive: {self}")
+        if self.factor < 1 or self.crop_size < 1 or self.max_frames < 1:
+            raise ValueError(f"factor, crop_size and max_frames must be positive: {self}")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
 
@@ -168,6 +169,8 @@ def decode_frame(data, spec: FrameSpec) -> Frame:
 def decode_sample(frames: Sequence[bytes], spec: FrameSpec) -> list[Frame]:
     if not frames:
         raise FrameError("sample has no frames")
+    if len(frames) > spec.max_frames:
+        raise FrameError(f"{len(frames)} frames, more than frames.max_frames ({spec.max_frames})")
     decoded = []
     for i, data in enumerate(frames):
         try:

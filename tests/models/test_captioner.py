@@ -64,7 +64,7 @@ def test_engine_summary_derives_rates_from_the_counters():
     summary = engine_summary({"answers": 10, "parsed": 9, "generate_seconds": 2.0, "wall_seconds": 4.0,
                               "prompt_tokens": 1000, "generation_tokens": 300, "prefix_cache_queries": 1000,
                               "prefix_cache_hits": 250})
-    assert summary["parsed_share"] == 0.9 and summary["busy_share"] == 0.5
+    assert summary["parsed_share"] == 0.9 and summary["busy_share"] == 0.5 and summary["wall_seconds"] == 4.0
     assert (summary["prompt_tokens_per_s"], summary["generation_tokens_per_s"]) == (500, 150)
     assert summary["prefix_cache_hit_rate"] == 0.25
     assert engine_summary({})["parsed_share"] is None  # nothing captioned: no made-up shares

@@ -3,8 +3,10 @@ tiny Qwen3-VL, JSON-schema structured output, per-sample seeds, video through vL
 processor, and vLLM's own counters. One engine for the module (it takes about a minute to start)."""
 
 import os
+import time
 
 import numpy as np
+import psutil
 import pytest
 
 from etl.models.captioner import SCORES, CaptionSample, answer_token_bound
@@ -44,9 +46,12 @@ def test_the_engine_binds_its_threads_to_the_cores_it_claimed(engine):
     import sys
 
     bound = os.environ["VLLM_CPU_OMP_THREADS_BIND"]
-    assert bound in {str(c) for c in os.sched_getaffinity(0)}
+    # the whole process, and so the engine processes it started, runs on the claimed core only
+    assert os.sched_getaffinity(0) == {int(bound)}
+    engine_processes = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM")]
+    assert engine_processes and all(p.cpu_affinity() == [int(bound)] for p in engine_processes)
     # the core stays claimed while the engine lives: another engine's claim gets a different one
-    other = subprocess.run([sys.executable, "-c", "from etl.models.cpu_cores import claim_cores; "
+    other = subprocess.run([sys.executable, "-c", "from etl.cpu_cores import claim_cores; "
                             "print(claim_cores(1)[0])"], capture_output=True, text=True, check=True)
     if len(os.sched_getaffinity(0)) > 1:
         assert other.stdout.strip() != bound
@@ -72,15 +77,37 @@ def test_captions_depend_on_the_sample_and_seed_only_not_on_the_batch(engine, sa
     assert alone == together[:3] and reversed_batch == together
 
 
+def test_concurrent_batches_share_the_engine_and_its_busy_time_counts_once(engine, samples):
+    from concurrent.futures import ThreadPoolExecutor
+
+    alone = [r.raw for r in engine.caption(samples[:12])]
+    before, started = engine.stats(), time.perf_counter()
+    with ThreadPoolExecutor(3) as pool:
+        together = [r.raw for f in [pool.submit(engine.caption, samples[i:i + 4]) for i in (0, 4, 8)]
+                    for r in f.result()]
+    wall, grown = time.perf_counter() - started, engine.stats()["generate_seconds"] - before["generate_seconds"]
+    assert together == alone
+    # three overlapping calls: the engine was busy at most the wall time, not the sum of the calls
+    assert 0 < grown <= wall
+
+
+def test_a_request_the_engine_refuses_fails_its_sample_only(engine, samples):
+    rng = np.random.default_rng(2)
+    too_many = CaptionSample(_clip(rng, 7, 64, 64) + _clip(rng, 1, 96, 64), None, "seven")  # max_frames is 6
+    fine, refused = engine.caption([samples[0], too_many])
+    assert fine.parse_error is None
+    assert refused.parse_error.startswith("engine refused the request") and refused.quality is None
+    assert engine.caption([samples[1]])[0].parse_error is None  # the engine carries on
+
+
 def test_video_goes_through_vllms_qwen3_vl_processor_with_the_samples_timing(engine):
-    from etl.models.vllm_captioner import vllm_requests, vllm_sampling_kwargs
+    from etl.models.vllm_captioner import vllm_requests
 
     rng = np.random.default_rng(1)
     clip = CaptionSample(_clip(rng, 4), None, "timed", fps=10.0, frame_indices=[0, 10, 20, 30])
     requests = vllm_requests(engine.processor, [clip, CaptionSample(clip.frames[:1], None, "one")], "video", 1.0)
     assert "video" in requests[0]["multi_modal_data"] and "image" in requests[1]["multi_modal_data"]
-    params = [engine._params(vllm_sampling_kwargs(engine.max_new_tokens, 0.8, 1, CAPTION_CHARS))] * 2
-    video, image = engine.llm.generate(requests, params, use_tqdm=False)
+    (video, image), _ = engine.generate(requests, engine.sampling_params([clip, clip]))
     tokenizer = engine.processor.tokenizer
     video_pad, image_pad = (tokenizer.convert_tokens_to_ids(t) for t in ("<|video_pad|>", "<|image_pad|>"))
     # 4 frames of 64x96 in Qwen3-VL's 2-frame, 32-px patches: 2 x (2 x 3) tokens; one 64x96 image: 6

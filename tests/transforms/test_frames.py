@@ -111,6 +111,9 @@ def test_truncated_jpeg_and_bomb_and_empty_sample():
         decode_sample([claim_jpeg_size(good, 60000, 60000)], SPEC)  # Pillow's own, larger limit
     with pytest.raises(FrameError, match="sample has no frames"):
         decode_sample([], SPEC)
+    # more frames than the engine takes per request (and the planner counted tokens for)
+    with pytest.raises(FrameError, match=r"^3 frames, more than frames.max_frames \(2\)$"):
+        decode_sample([good] * 3, FrameSpec(max_pixels=224 * 224, min_pixels=32 * 32, crop_size=64, max_frames=2))
 
 
 def test_stage_adds_views_and_turns_failures_into_error_values():
