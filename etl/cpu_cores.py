@@ -88,7 +88,7 @@ def claim_cores(count: int) -> list[int]:
         logger.warning("only %d of %d cores free for this engine; sharing %s", len(claimed), count, shared)
         claimed += shared
     claimed.sort()
-    _engine_file(os.getpid()).write_text(",".join(map(str, claimed)))
+    _engine_file(os.getpid()).write_text(f"{_started(os.getpid())} {','.join(map(str, claimed))}")
     _mask_before_claim = os.sched_getaffinity(0)
     _confine(set(claimed))
     return claimed
@@ -105,18 +105,20 @@ def release_cores() -> None:
         _mask_before_claim = None
 
 
-def _alive(pid: int) -> bool:
+def _started(pid: int) -> Optional[float]:
+    """When process `pid` started (None: there is none): with the pid, it names one process even
+    after the kernel reuses the pid."""
+    import psutil  # a Ray dependency
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
 
 
 def engine_cores_in_use() -> set[int]:
-    """Cores that live engines on this machine hold (a killed engine's file is ignored)."""
+    """Cores that live engines on this machine hold. The record of an engine that died without
+    giving its cores back (killed, or its actor gone) is removed."""
     held: set[int] = set()
     try:
         files = list(LOCK_DIR.glob("engine-*.cores"))
@@ -124,12 +126,17 @@ def engine_cores_in_use() -> set[int]:
         return held
     for path in files:
         pid = int(path.name.split("-")[1].split(".")[0])
-        if pid == os.getpid() or not _alive(pid):
-            continue
         try:
-            held.update(parse_cpu_list(path.read_text()))
+            started, _, cores = path.read_text().partition(" ")
+            live = _started(pid) == float(started)
         except (OSError, ValueError):
             continue
+        if pid == os.getpid():
+            continue
+        if not live:
+            path.unlink(missing_ok=True)
+            continue
+        held.update(parse_cpu_list(cores))
     return held
 
 

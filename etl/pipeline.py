@@ -81,7 +81,6 @@ class Prepare:
         self.read, self.image_column, self.buckets = read, image_column, buckets
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        keep_off_engine_cores()
         derived = derived_sample_ids(batch.column("shard"), batch.column("row"))
         if self.read.id_column:
             given = pc.cast(batch.column(self.read.id_column), pa.string())
@@ -141,8 +140,11 @@ def frame_index_lists(column) -> list:
         values = [v if ok else None for v, ok in zip(column.field("values").to_pylist(), column.is_valid().to_pylist())]
     elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         values = [_json_list(v) for v in values]
-    whole = lambda i: isinstance(i, int) or (isinstance(i, float) and i.is_integer())
-    return [[int(i) for i in v] if isinstance(v, list) and all(whole(i) for i in v) else v for v in values]
+    return [[int(i) for i in v] if isinstance(v, list) and all(map(_whole_number, v)) else v for v in values]
+
+
+def _whole_number(value) -> bool:
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def _json_list(text: Optional[str]):
@@ -251,8 +253,8 @@ class CaptionStage:
         texts = batch.column(self.text_column).to_pylist() if self.text_column else [None] * batch.num_rows
         todo = [i for i, e in enumerate(errors) if e is None]
         keys = batch.column("sample_id").to_pylist()
-        timing = lambda name: batch.column(name).to_pylist() if name in batch.schema.names else [None] * batch.num_rows
-        fps, indices = timing(FPS), timing(FRAME_INDICES)
+        fps, indices = (batch.column(name).to_pylist() if name in batch.schema.names else [None] * batch.num_rows
+                        for name in (FPS, FRAME_INDICES))
         samples = [CaptionSample(views[starts[i] - starts[0]:starts[i + 1] - starts[0]], texts[i], keys[i],
                                  fps[i], indices[i]) for i in todo]
         results = {}

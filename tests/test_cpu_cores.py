@@ -54,8 +54,9 @@ def test_other_stages_leave_a_live_engines_cores_and_take_them_back_when_it_dies
     finally:
         engine.kill()
         engine.wait()
-    # SIGKILL: its file stays, but a dead pid holds nothing
+    # SIGKILL: its record stays, but a dead process holds nothing, and the record goes
     assert core not in cpu_cores.engine_cores_in_use()
+    assert not (cpu_cores.LOCK_DIR / f"engine-{engine.pid}.cores").exists()
     cpu_cores.keep_off_engine_cores()
     assert os.sched_getaffinity(0) == set(cpu_cores.node_cores())
 

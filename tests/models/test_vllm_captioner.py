@@ -89,6 +89,15 @@ def test_concurrent_batches_share_the_engine_and_its_busy_time_counts_once(engin
     assert together == alone
     # three overlapping calls: the engine was busy at most the wall time, not the sum of the calls
     assert 0 < grown <= wall
+    # and they did overlap: a call that ends while another is in flight closes no busy stretch
+    from etl.models.vllm_captioner import vllm_requests
+
+    requests = vllm_requests(engine.processor, samples[:12], engine.frames_as, engine.video_fps)
+    params = engine.sampling_params(samples[:12])
+    with ThreadPoolExecutor(3) as pool:
+        closed = [f.result()[1] for f in [pool.submit(engine.generate, requests[i:i + 4], params[i:i + 4])
+                                          for i in (0, 4, 8)]]
+    assert closed.count(0.0) >= 1 and sum(closed) > 0
 
 
 def test_a_request_the_engine_refuses_fails_its_sample_only(engine, samples):
