@@ -56,11 +56,11 @@ def job_config(input_path: Path, output: Path, **extra):
 def caption_samples(config):
     """The samples as the caption stage receives them: decoded by the CPU stage's own code."""
     import etl
-    from etl import pipeline
     from etl.models.captioner import CaptionSample
+    from etl.stages.decode import frame_spec
     from etl.transforms.frames import decode_sample
 
-    spec = pipeline.frame_spec(config, encoders_on_gpu=False)
+    spec = frame_spec(config, encoders_on_gpu=False)
     rows = etl.read_mds(config.input, columns=["id", "caption", "frames"]).take_all()
     return [CaptionSample([f.caption_view for f in decode_sample(row["frames"], spec)], row["caption"], row["id"])
             for row in rows]
@@ -70,8 +70,10 @@ def the_plan(config):
     import ray
 
     from etl import planner
+    from etl.job_input import assumed_read_tasks
 
-    return planner.plan(planner.nodes_from_ray(ray.nodes()), config, planner.footprints_of(config), [])
+    return planner.plan(planner.nodes_from_ray(ray.nodes()), config, planner.footprints_of(config),
+                        assumed_read_tasks(config, []))
 
 
 def engine_alone(config, plan, samples) -> dict:
@@ -239,7 +241,7 @@ def main(argv=None) -> None:
     config = job_config(work / "input", work / "out")
     from etl import pipeline
 
-    config = pipeline._absolute_model_paths(config)
+    config = pipeline.absolute_model_paths(config)
     ray_settings.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                       logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -8,7 +8,7 @@ on the same 1280x720 JPEG frames, side by side in one run.
 - same-work loop: `decode_frame` (the stage's own function: bomb check, EXIF, mode and the
   captioner view fitting 448 px; the encoders cut their 224 px crop from that view on their
   device) in one process, x cores: what the stage could do with no Ray;
-- Ray: the pipeline's read (`MDSDatasource`, one block per read task) -> `FrameDecodeStage` on an
+- Ray: the pipeline's read (`read_mds`, one block per read task) -> `DecodeStage` on an
   actor pool sized from the cluster's CPUs, as the pipeline runs it, consumed as the next stage
   would (frames/s from execution start; "steady" leaves out the time to the first output: actor
   start-up). Run --repeats times; the run with the median ratio to its ceiling is the figure;
@@ -58,9 +58,11 @@ def ray_stage(path, spec, cores: int, total_frames: int) -> dict:
     import ray.data
     from ray.data import ActorPoolStrategy
 
+    import etl
     from etl.planner import READ_BLOCK_BYTES, TASK_CPUS
-    from etl.sources.mds_datasource import MDSDatasource
-    from etl.transforms.frames import FrameDecodeStage
+    from etl.stages.decode import DecodeStage
+    from etl.stages.previews import PreviewRows
+    from etl.transforms.frames import pixel_bytes_per_frame
 
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -69,11 +71,11 @@ def ray_stage(path, spec, cores: int, total_frames: int) -> dict:
         # share kept free (actors + a read task over the cluster hang)
         actors = cores
         per_actor = (cores - 2 * TASK_CPUS) / actors
-        batch_rows = max(1, (64 << 20) // (8 * FrameDecodeStage.pixel_bytes_per_frame(spec)))
+        batch_rows = max(1, (64 << 20) // (8 * pixel_bytes_per_frame(spec)))
         started = time.perf_counter()
-        source = MDSDatasource(str(path), columns=["frames"], shards_per_task=1, block_bytes=READ_BLOCK_BYTES)
-        stream = (ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(), num_cpus=TASK_CPUS)
-                  .map_batches(FrameDecodeStage, fn_constructor_args=("frames", spec, "mds_error"),
+        stream = (etl.read_mds(str(path), columns=["frames"], shards_per_task=1, block_bytes=READ_BLOCK_BYTES,
+                               num_cpus=TASK_CPUS)
+                  .map_batches(DecodeStage, fn_constructor_args=(spec, PreviewRows(), "frames", "mds_error"),
                                batch_format="pyarrow", batch_size=batch_rows, num_cpus=per_actor,
                                compute=ActorPoolStrategy(size=actors)))
         frames, first = 0, None
@@ -157,7 +159,7 @@ def main(argv=None) -> None:
              f"{loop:.0f} x {cores}; per core {pair['loop_before_per_core']:.0f} before Ray, "
              f"{pair['loop_after_per_core']:.0f} after"),
             ("same-work loop (decode_frame) x cores", f"{same_work * cores:.0f}", f"{same_work:.0f} x {cores}"),
-            ("Ray: read -> FrameDecodeStage actors", f"{ray_rate:.0f}",
+            ("Ray: read -> DecodeStage actors", f"{ray_rate:.0f}",
              f"steady; {ray_result['frames_per_s']:.0f} with start-up (first output {ray_result['first_output_s']:.1f} s)"),
             ("Daft 0.7 decode_image + resize", f"{daft:.0f}", "native runner, all cores")]
     print(f"{len(frames)} frames 1280x720 JPEG (mean {statistics.mean(map(len, pool)) / 1e3:.0f} KB) -> 448 px, "

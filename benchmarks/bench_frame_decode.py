@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from etl.synthetic import jpeg_frames  # noqa: E402
-from etl.transforms.frames import CAPTION_VIEW_TYPE, FrameSpec, decode_frame, view_lists  # noqa: E402
+from etl.transforms.frames import PIXEL_VIEW_TYPE, FrameSpec, decode_frame, view_lists  # noqa: E402
 
 
 def pillow_loop(frames, draft):
@@ -44,14 +44,14 @@ def stage_loop(frames, draft):
 
 
 def arrow_column_rates(views, rounds):
-    """frames/s of turning decoded views into the stage's list<CAPTION_VIEW_TYPE> column: through a
+    """frames/s of turning decoded views into the stage's list<PIXEL_VIEW_TYPE> column: through a
     Python bytes cell per frame (what Arrow builds from Python objects) against `view_lists`."""
     import pyarrow as pa
 
     rows = [[view] for view in views]
     variants = {
         "cells": lambda: pa.array([[{"height": v.shape[0], "width": v.shape[1], "pixels": v.tobytes()}] for v in views],
-                                  pa.list_(CAPTION_VIEW_TYPE)),
+                                  pa.list_(PIXEL_VIEW_TYPE)),
         "view_lists": lambda: view_lists(rows),
     }
     times = {name: [] for name in variants}

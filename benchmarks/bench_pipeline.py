@@ -3,8 +3,8 @@ alone, with the tiny models, on the same samples, side by side in one invocation
 
     python benchmarks/bench_pipeline.py [--samples 10000]
 
-Alone: each stage's own callable (`etl.pipeline` DecodeStage, CaptionStage, EncodeStage,
-WriteStage) in this process, on the batches the stage before it produced, with one torch
+Alone: each stage's own callable (`etl.stages`: DecodeStage, CaptionStage, EncodeStage,
+WriteStage, as `etl.pipeline.STAGES` builds them) in this process, on the batches the stage before it produced, with one torch
 thread (what a fractional-CPU Ray actor gets), setup excluded; timed right before and right
 after the end-to-end run, and the mean of both taken (this VM's speed drifts within minutes). End to end: `etl.pipeline.run`
 on a local Ray with 2 CPUs. "Steady" is the rate rows leave the encode stage (the last before
@@ -32,39 +32,36 @@ def job_config(input_path: Path, output: Path):
 
 
 def stages_alone(config, samples: int) -> dict[str, float]:
-    """rows/s of each stage run alone, on its real input batches."""
+    """rows/s of each stage run alone, on its real input batches: built from the steps the run
+    builds (`etl.pipeline.STAGES`, planned against this Ray cluster), setup excluded."""
     import pyarrow as pa
+    import ray
     import torch
 
     import etl
-    from etl import pipeline
+    from etl import pipeline, planner, storage
+    from etl.job_input import job_source
+    from etl.mds import load_index
+    from etl.stages.previews import PreviewRows
+    from etl.stages.stage import RunContext
 
     torch.set_num_threads(1)
-    config = pipeline._absolute_model_paths(config)
-    rows = etl.read_mds(config.input, columns=["caption", "frames"]).take_batch(samples, batch_format="pyarrow")
-    read = config.read.model_copy(update={"text_column": "caption", "id_column": None})
-    prepared = pipeline.Prepare(read, "frames", config.sink.buckets)(rows)
-    spec = pipeline.frame_spec(config, encoders_on_gpu=torch.cuda.is_available())  # as the run plans it
-    schemas = pipeline.table_schemas(config)
-    stages = [
-        ("decode", lambda: pipeline.DecodeStage(pipeline.FRAMES, spec, pipeline.ERROR, pipeline.PreviewRows()),
-         pipeline.decode_batch_rows(config)),
-        ("caption", lambda: pipeline.CaptionStage(config, pipeline.TEXT), pipeline.caption_batch_rows(config)),
-        ("encode", lambda: pipeline.EncodeStage(config), config.models.embedder.batch_size),
-        ("write", lambda: pipeline.WriteStage(str(Path(config.output) / "alone"), schemas, "alone",
-                                              {"captioner": "c", "embedder": "e", "vae": "v"}),
-         config.sink.rows_per_write),
-    ]
-    rates, batch = {}, prepared
-    for name, make, batch_rows in stages:
-        stage = make()
+    config = pipeline.absolute_model_paths(config)
+    source, image_column = job_source(config, load_index(*storage.resolve(config.input)), None)
+    plan = planner.plan(planner.nodes_from_ray(ray.nodes()), config, planner.footprints_of(config), source.read_tasks)
+    context = RunContext(config, plan, "alone", image_column, dict(zip(source.schema.names, source.schema.types)),
+                         pipeline.table_schemas(config), PreviewRows())
+    first, *steps = [stage.step(context) for stage in pipeline.STAGES]
+    rows = etl.read_mds(config.input, columns=list(first.reads[3:])).take_batch(samples, batch_format="pyarrow")
+    rates, batch = {}, first.stage(*first.arguments)(rows)
+    for step in steps:
+        stage = step.stage(*step.arguments)
         stage(batch.slice(0, min(8, batch.num_rows)))  # first-call costs out of the timing
         outputs, started = [], time.perf_counter()
-        for start in range(0, batch.num_rows, batch_rows):
-            outputs.append(stage(batch.slice(start, batch_rows)))
-        rates[name] = batch.num_rows / (time.perf_counter() - started)
-        if name != "write":
-            batch = pa.concat_tables(outputs)
+        for start in range(0, batch.num_rows, step.resources.batch_rows):
+            outputs.append(stage(batch.slice(start, step.resources.batch_rows)))
+        rates[step.name.removesuffix("Stage").lower()] = batch.num_rows / (time.perf_counter() - started)
+        batch = pa.concat_tables(outputs)
     return rates
 
 

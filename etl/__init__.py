@@ -8,11 +8,11 @@ from typing import Any
 __all__ = ["read_mds", "write_mds"]
 
 
-def read_mds(uri: str, **kwargs: Any):
-    """Read an MDS dataset as a `ray.data.Dataset`. See `etl.sources.mds_datasource`."""
+def read_mds(source, options=None, **kwargs: Any):
+    """Read an MDS dataset as a `ray.data.Dataset`. See `etl.sources.read`."""
     from etl.sources.read import read_mds as _read_mds
 
-    return _read_mds(uri, **kwargs)
+    return _read_mds(source, options, **kwargs)
 
 
 def write_mds(dataset, uri: str, **kwargs: Any):

@@ -16,7 +16,6 @@ rows than its index declares (a re-executed task would otherwise duplicate rows)
 end every shard must have exactly its declared count, or nothing more is committed.
 """
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -76,12 +75,12 @@ class RunCommitter:
                 self.progress.per_shard[shard] = [0, 0]
 
     # -- receiving ------------------------------------------------------------------------------
-    def receive(self, table: str, payload: str) -> None:
-        """One row of the write stage's output: a file, or the counts closing a write call."""
-        if table != "counts":
-            self._staged.append((table, json.loads(payload)))
-            return
-        counts = json.loads(payload)
+    def receive_file(self, table: str, file: dict) -> None:
+        """A file the write stage wrote; accepted with the counts that close its batch."""
+        self._staged.append((table, file))
+
+    def receive_counts(self, counts: dict) -> None:
+        """The counts closing one write batch: its files are accepted once they check out."""
         self._check_counts(counts["shards"])
         for shard, (good, bad, read_at) in counts["shards"].items():
             shard = int(shard)

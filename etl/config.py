@@ -201,6 +201,11 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def _given(values: Optional[Mapping[str, Any]]) -> dict:
+    """Dotted keys nested, None values left out."""
+    return _nest({k: v for k, v in (values or {}).items() if v is not None})
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
                 defaults: Optional[Mapping[str, Any]] = None) -> JobConfig:
     """Dotted-key defaults < YAML file (optional) < dotted-key overrides (CLI flags; None values
@@ -215,8 +220,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any
             raise ConfigError(f"cannot read config {path}: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {path}: the top level must be a mapping of keys")
-    given = lambda values: _nest({k: v for k, v in (values or {}).items() if v is not None})
-    data = _merge(_merge(given(defaults), data), given(overrides))
+    data = _merge(_merge(_given(defaults), data), _given(overrides))
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:

@@ -95,11 +95,36 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 def render(summary, config_yaml: str, models: dict[str, str]) -> str:
     """The report of one run as an HTML string (`summary` is an `etl.pipeline.RunSummary`)."""
     e = html.escape
+    total = sum(sum(v) for v in summary.per_shard.values()) or summary.rows.get("samples", 0) + summary.rows.get("quarantine", 0)
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>run {e(summary.run_id)}</title>"
+             f"<style>{_STYLE}</style></head><body><h1>Curation run {e(summary.run_id)}</h1>",
+             _table(_facts(summary, total), keys=True), "<h2>Samples/s per stage over time</h2>"]
+    if summary.timeline:
+        parts.append(f'<img alt="samples per second per stage over time" width=900 height=360 '
+                     f'src="{_data_uri("image/png", _throughput_png(summary))}">')
+        parts.append(_table([(s, n, f"{m:.1f}", f"{p:.0f}") for s, n, m, p in stage_table(summary.timeline)],
+                            header=("stage", "rows", "mean rows/s while producing", "peak rows/s (1 s)"),
+                            numeric=(1, 2, 3)))
+    else:
+        parts.append("<p>No rows reached the write stage.</p>")
+    parts += ["<h2>Captioner</h2>", _engine_table(summary.engine),
+              "<h2>Quarantine by cause</h2>", _quarantine(summary, total),
+              "<h2>Contact sheet</h2>", _contact_sheet(summary.previews),
+              "<h2>Models</h2>", _table([(e(k), e(v)) for k, v in models.items()], keys=True),
+              f"<h2>Config</h2><pre>{e(config_yaml)}</pre>",
+              f"<h2>Plan</h2><pre>{e(summary.plan or 'not planned')}</pre>"]
+    if summary.stage_stats:
+        parts.append(f"<details><summary>Ray Data stats</summary><pre>{e(summary.stage_stats)}</pre></details>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _facts(summary, total: int) -> list[tuple[str, str]]:
+    e = html.escape
     samples, quarantined = summary.rows.get("samples", 0), summary.rows.get("quarantine", 0)
-    total = sum(sum(v) for v in summary.per_shard.values()) or samples + quarantined
     status = (f'<span class="failed">failed: {e(summary.error)}</span>' if summary.error else "finished")
     first = f"{summary.first_commit_seconds:.1f} s" if summary.first_commit_seconds is not None else "none"
-    facts = [
+    return [
         ("status", status), ("mode", e(summary.mode)),
         ("started", e(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(summary.started_at)))),
         ("output", e(summary.output)), ("shards", f"{len(summary.shards)} processed, "
@@ -109,52 +134,40 @@ def render(summary, config_yaml: str, models: dict[str, str]) -> str:
                      f"end to end"),
         ("first commit", f"{first}; {len(summary.commit_times)} commit round(s)"),
     ]
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>run {e(summary.run_id)}</title>"
-             f"<style>{_STYLE}</style></head><body><h1>Curation run {e(summary.run_id)}</h1>",
-             _table(facts, keys=True), "<h2>Samples/s per stage over time</h2>"]
-    if summary.timeline:
-        parts.append(f'<img alt="samples per second per stage over time" width=900 height=360 '
-                     f'src="{_data_uri("image/png", _throughput_png(summary))}">')
-        parts.append(_table([(s, n, f"{m:.1f}", f"{p:.0f}") for s, n, m, p in stage_table(summary.timeline)],
-                            header=("stage", "rows", "mean rows/s while producing", "peak rows/s (1 s)"),
-                            numeric=(1, 2, 3)))
-    else:
-        parts.append("<p>No rows reached the write stage.</p>")
 
-    parts += ["<h2>Captioner</h2>", _engine_table(summary.engine)]
 
-    parts.append("<h2>Quarantine by cause</h2>")
-    if summary.reasons:
-        causes = sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0]))
-        parts.append(_table([(e(reason), count, f"{count / max(total, 1):.2%}") for reason, count in causes],
-                            header=("stage: cause", "samples", "share of samples read"), numeric=(1, 2)))
-        parts.append("<p>Every row, with its full reason, is in the <code>quarantine</code> table.</p>")
-    else:
-        parts.append("<p>No sample was quarantined.</p>")
+def _quarantine(summary, total: int) -> str:
+    if not summary.reasons:
+        return "<p>No sample was quarantined.</p>"
+    causes = sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    return (_table([(html.escape(reason), count, f"{count / max(total, 1):.2%}") for reason, count in causes],
+                   header=("stage: cause", "samples", "share of samples read"), numeric=(1, 2))
+            + "<p>Every row, with its full reason, is in the <code>quarantine</code> table.</p>")
 
-    parts.append("<h2>Contact sheet</h2>")
-    if summary.previews:
-        parts.append('<div class="sheet">')
-        for row in sorted(summary.previews, key=lambda r: (r["shard"], r["row"])):
-            scores = (f"quality {_score(row.get('quality'))}, aesthetics {_score(row.get('aesthetics'))}"
-                      if row.get("caption_parse_error") is None
-                      else f"no scores: {e(str(row['caption_parse_error']))}")
-            caption = row.get("caption") or ""
-            caption = caption if len(caption) <= 300 else caption[:300] + "..."
-            parts.append(f'<div class="card"><img alt="first frame of {e(row["sample_id"])}" '
-                         f'src="data:image/jpeg;base64,{row["jpeg"]}"><b>{e(row["sample_id"])}</b> '
-                         f'({row.get("frame_count", "?")} frames)<br>{scores}<br>{e(caption)}</div>')
-        parts.append("</div>")
-    else:
-        parts.append("<p>No committed sample to show.</p>")
 
-    parts += ["<h2>Models</h2>", _table([(e(k), e(v)) for k, v in models.items()], keys=True)]
-    parts.append(f"<h2>Config</h2><pre>{e(config_yaml)}</pre>")
-    parts.append(f"<h2>Plan</h2><pre>{e(summary.plan or 'not planned')}</pre>")
-    if summary.stage_stats:
-        parts.append(f"<details><summary>Ray Data stats</summary><pre>{e(summary.stage_stats)}</pre></details>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def _contact_sheet(previews: list[dict]) -> str:
+    if not previews:
+        return "<p>No committed sample to show.</p>"
+    e = html.escape
+    cards = []
+    for row in sorted(previews, key=lambda r: (r["shard"], r["row"])):
+        scores = (f"quality {_score(row.get('quality'))}, aesthetics {_score(row.get('aesthetics'))}"
+                  if row.get("caption_parse_error") is None
+                  else f"no scores: {e(str(row['caption_parse_error']))}")
+        caption = row.get("caption") or ""
+        caption = caption if len(caption) <= 300 else caption[:300] + "..."
+        cards.append(f'<div class="card"><img alt="first frame of {e(row["sample_id"])}" '
+                     f'src="data:image/jpeg;base64,{row["jpeg"]}"><b>{e(row["sample_id"])}</b> '
+                     f'({row.get("frame_count", "?")} frames)<br>{scores}<br>{e(caption)}</div>')
+    return '<div class="sheet">' + "\n".join(cards) + "</div>"
+
+
+def _share(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _rate(value) -> str:
+    return "n/a (counted by vLLM only)" if value is None else f"{value:,.0f}"
 
 
 def _engine_table(engine: dict) -> str:
@@ -162,13 +175,11 @@ def _engine_table(engine: dict) -> str:
     prefix-cache counters, and the answers that parsed."""
     if not engine or not engine.get("answers"):
         return "<p>No sample reached the captioner.</p>"
-    share = lambda value: "n/a" if value is None else f"{value:.1%}"
-    rate = lambda value: "n/a (counted by vLLM only)" if value is None else f"{value:,.0f}"
-    rows = [("answers that parsed", f"{engine['parsed']} of {engine['answers']} ({share(engine['parsed_share'])})"),
-            ("prefix-cache hit rate", share(engine.get("prefix_cache_hit_rate"))),
-            ("prompt tokens/s (inside generate)", rate(engine.get("prompt_tokens_per_s"))),
-            ("generated tokens/s (inside generate)", rate(engine.get("generation_tokens_per_s"))),
-            ("engine busy share (inside generate / wall from its first batch)", share(engine.get("busy_share")))]
+    rows = [("answers that parsed", f"{engine['parsed']} of {engine['answers']} ({_share(engine['parsed_share'])})"),
+            ("prefix-cache hit rate", _share(engine.get("prefix_cache_hit_rate"))),
+            ("prompt tokens/s (inside generate)", _rate(engine.get("prompt_tokens_per_s"))),
+            ("generated tokens/s (inside generate)", _rate(engine.get("generation_tokens_per_s"))),
+            ("engine busy share (inside generate / wall from its first batch)", _share(engine.get("busy_share")))]
     return _table(rows, keys=True)
 
 

@@ -38,6 +38,7 @@ def main(argv=None) -> int:
 
     from etl import planner
     from etl.config import ConfigError, load_config
+    from etl.job_input import assumed_read_tasks
     from jobs.curate import parse_sets
 
     try:
@@ -50,8 +51,9 @@ def main(argv=None) -> int:
         return 2
     try:
         nodes = planner.load_cluster(args.cluster)
-        sizes = parse_assumed_shards(args.assume_shards) if args.assume_shards else _shard_sizes(config)
-        plan = planner.plan(nodes, config, planner.footprints_of(config), sizes)
+        read_tasks = (assumed_read_tasks(config, parse_assumed_shards(args.assume_shards)) if args.assume_shards
+                      else _read_tasks(config))
+        plan = planner.plan(nodes, config, planner.footprints_of(config), read_tasks)
     except (planner.PlanError, ValueError, OSError) as exc:
         print(f"plan refused: {exc}", file=sys.stderr)
         return 1
@@ -60,17 +62,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def _shard_sizes(config) -> list[int]:
-    """Decoded sizes of the selected shards, as the job's read tasks group them."""
+def _read_tasks(config):
+    """The read tasks the job would run: the same index, columns and grouping (`etl.job_input`)."""
     from etl import storage
+    from etl.job_input import job_source
     from etl.mds import load_index
-    from etl.sources.mds_datasource import estimate_decoded_bytes
-    from etl.sources.shard_selection import select_shards
 
-    fs, root = storage.resolve(config.input)
-    entries = load_index(fs, root)
-    return [estimate_decoded_bytes(entries[s], entries[s].column_names)
-            for s in select_shards(config.read.shards, len(entries))]
+    source, _ = job_source(config, load_index(*storage.resolve(config.input)), config.read.shards)
+    return source.read_tasks
 
 
 if __name__ == "__main__":

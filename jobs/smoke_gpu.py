@@ -60,10 +60,9 @@ def check_encoders(config, frames: int = 256) -> dict:
     if spec.crop_made_here((width, height)):
         width = height = crop
     batch = _frames(frames, height, width, 0)
-    encode = lambda views: encoders.encode_views(list(views), crop)
-    encode(batch[:8])  # warm-up: kernels, allocator
+    encoders.encode_views(list(batch[:8]), crop)  # warm-up: kernels, allocator
     started = time.perf_counter()
-    embeddings, latents = encode(batch)  # results are on the host: the GPU work is done
+    embeddings, latents = encoders.encode_views(list(batch), crop)  # results are on the host: the GPU work is done
     seconds = time.perf_counter() - started
     cuda = encoders.device.startswith("cuda")
     return {"device": torch.cuda.get_device_name() if cuda else "cpu", "frames_per_s": round(frames / seconds, 1),
@@ -83,12 +82,13 @@ def main(argv=None) -> int:
 
     from etl import planner
     from etl.config import load_config
+    from etl.job_input import assumed_read_tasks
 
     config = load_config(args.config, {"input": "(smoke test)", "output": "(smoke test)"})
     ray.init(address=args.ray_address, log_to_driver=True)
     nodes = planner.nodes_from_ray(ray.nodes())
     try:
-        plan = planner.plan(nodes, config, planner.footprints_of(config), [])
+        plan = planner.plan(nodes, config, planner.footprints_of(config), assumed_read_tasks(config, []))
     except planner.PlanError as exc:
         print(f"FAIL plan: {exc}")
         return 1

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from etl.sinks.delta_commits import commit_files
 from etl.sinks.partitioning import buckets_of, derived_sample_ids
-from etl.sinks.table_datasink import write_bucket_files
+from etl.sinks.bucket_files import write_bucket_files
 from schemas.tables import samples_schema
 
 EMBEDDING_DIM = 8

@@ -9,7 +9,8 @@ import pytest
 from etl import ledger
 from etl.committer import CommitCadence, ErrorBudgetExceeded, RowAccountingError, RunCommitter
 from etl.sinks.delta_commits import open_table
-from etl.sinks.table_datasink import write_bucket_files
+from etl.sinks.bucket_files import write_bucket_files
+from etl.stages.rows import COUNTS, FILE
 from schemas.tables import quarantine_schema, runs_schema
 
 SCHEMAS = {"samples": quarantine_schema(), "quarantine": quarantine_schema(), "runs": runs_schema()}
@@ -23,7 +24,7 @@ def write_output(output, shard, rows, bad=0, reason="decode: not a decodable ima
                       "run_id": ["r"] * len(rows)}, schema=SCHEMAS["samples"])
     files = write_bucket_files(table, SCHEMAS["samples"], f"{output}/samples", uuid.uuid4().hex)
     counts = {"shards": {str(shard): [len(rows) - bad, bad, 0.0]}, "reasons": {reason: bad} if bad else {}}
-    return [("samples", json.dumps(f)) for f in files] + [("counts", json.dumps(counts))]
+    return [(FILE, "samples", f) for f in files] + [(COUNTS, None, counts)]
 
 
 def committer(output, expected, mode="incremental", every_shards=1, fraction=0.5):
@@ -32,8 +33,11 @@ def committer(output, expected, mode="incremental", every_shards=1, fraction=0.5
 
 
 def feed(run, outputs):
-    for table, payload in outputs:
-        run.receive(table, payload)
+    for kind, table, payload in outputs:
+        if kind == COUNTS:
+            run.receive_counts(payload)
+        else:
+            run.receive_file(table, payload)
 
 
 def test_a_round_commits_files_then_ledgers_only_finished_shards(tmp_path):

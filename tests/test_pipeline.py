@@ -137,8 +137,16 @@ def test_captions_scores_embeddings_and_latents(two_runs):
     for row in table.select(["caption", "quality", "aesthetics", "caption_parse_error", "frame_count",
                              "frame_sizes", "frame_embeddings"]).to_pylist():
         assert isinstance(row["caption"], str)
+        # a parsed answer has both scores in the schema's range; a missing score has its reason
+        # (the transformers backend with random weights and 8 new tokens never parses;
+        # tests/test_pipeline_vllm.py asserts that with vLLM every score is there)
+        error = row["caption_parse_error"]
+        whole_answer = ("no JSON object in the answer", "invalid JSON", "answer is not a JSON object")
         for score in ("quality", "aesthetics"):
-            assert isinstance(row[score], float) or (row[score] is None and row["caption_parse_error"])
+            if error is None:
+                assert 1 <= row[score] <= 5, row
+            elif row[score] is None:
+                assert error.startswith(whole_answer) or f"{score} " in error, row
         assert len(row["frame_embeddings"]) == row["frame_count"] == len(row["frame_sizes"])
         assert row["frame_sizes"][0] == [96, 64]
 
@@ -300,122 +308,3 @@ def test_a_batch_that_kills_its_worker_every_time_fails_the_job_instead_of_loopi
     pool.shutdown(wait=False)
     with pytest.raises(Exception, match="(?i)died|crash|exit|unexpected|unavailable"):
         running.result(timeout=120)
-
-
-def test_previews_come_from_shards_spread_over_the_run_and_stay_bounded():
-    from etl.pipeline import PreviewRows, preview_rows
-
-    many = preview_rows(list(range(100)), {s: 10 for s in range(100) if s != 33}, 24)
-    assert len(many.shards) == 24 and many.rows == 1 and 33 not in many.shards
-    assert many.shards[0] == 0 and many.shards[-1] == 99
-    few = preview_rows([5, 6, 7], {5: 100, 6: 100, 7: 100}, 24)
-    assert few == PreviewRows((5, 6, 7), 8)
-    assert preview_rows([1], {1: 0}, 24) == PreviewRows()
-
-
-def test_the_decode_stage_previews_exactly_the_chosen_good_rows():
-    from PIL import Image
-
-    from etl.pipeline import ERROR, FRAMES, PREVIEW, DecodeStage, PreviewRows
-    from etl.transforms.frames import FrameSpec
-
-    frame = jpeg_frames(1, 96, 64)[0]
-    rows = [(0, 0, None), (0, 1, None), (0, 2, None), (1, 0, None), (2, 0, None), (2, 1, "read: bad")]
-    batch = pa.table({"shard": pa.array([r[0] for r in rows], pa.int64()), "row": pa.array([r[1] for r in rows], pa.int64()),
-                      ERROR: pa.array([r[2] for r in rows], pa.string()), FRAMES: [[frame]] * len(rows)})
-    out = DecodeStage(FRAMES, FrameSpec(min_pixels=32 * 32, max_pixels=64 * 64, crop_size=32), ERROR,
-                      PreviewRows((0, 2), 2))(batch)
-    previews = out.column(PREVIEW).to_pylist()
-    assert [p is not None for p in previews] == [True, True, False, False, True, False]
-    assert max(Image.open(io.BytesIO(previews[0])).size) <= 160
-
-
-def test_the_encode_stage_encodes_each_frames_crop_and_drops_the_views(tiny, tmp_path):
-    import torch
-
-    from etl.models.encoders import FrameEncoders, centre_crops
-    from etl.pipeline import ERROR, EncodeStage
-    from etl.transforms.frames import CAPTION_VIEW_TYPE
-
-    rng = np.random.default_rng(0)
-    cell = lambda h, w: {"height": h, "width": w, "pixels": rng.integers(0, 256, h * w * 3, dtype=np.uint8).tobytes()}
-    shapes = [[(64, 96), (64, 96)], [], [(96, 64)], [(64, 64), (32, 96), (96, 64)]]
-    views = [[cell(h, w) for h, w in row] for row in shapes]
-    crops = [[None] * len(row) for row in shapes]
-    crops[3][1] = cell(64, 64)  # a view too small for the crop: the CPU stage sent the crop itself
-    batch = pa.table({"sample_id": [f"0:{i}" for i in range(4)], ERROR: [None, "decode: bad", None, None],
-                      "caption_frames": pa.array(views, pa.list_(CAPTION_VIEW_TYPE)),
-                      "crop_frames": pa.array(crops, pa.list_(CAPTION_VIEW_TYPE))})
-    out = EncodeStage(_config(tmp_path, tmp_path / "out", tiny))(batch.slice(1))
-    assert "caption_frames" not in out.column_names and "crop_frames" not in out.column_names
-    sent = [crop or view for view_row, crop_row in zip(views[1:], crops[1:]) for view, crop in zip(view_row, crop_row)]
-    frames = [torch.from_numpy(np.frombuffer(c["pixels"], np.uint8).reshape(c["height"], c["width"], 3).copy())
-              for c in sent]
-    expected = FrameEncoders(str(tiny["clip"]), str(tiny["vae"]))(centre_crops(frames, 64).permute(0, 2, 3, 1).numpy())
-    got = out.column("frame_embeddings").combine_chunks()
-    assert got.value_lengths().to_pylist() == [0, 1, 3]
-    np.testing.assert_allclose(got.flatten().to_numpy_ndarray(), expected[0], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(out.column("latents").combine_chunks().flatten().to_numpy_ndarray(), expected[1],
-                               rtol=1e-4, atol=1e-5)
-
-
-def test_the_cpu_stage_makes_the_crops_when_the_encoders_get_no_gpu(tiny, tmp_path):
-    from etl.pipeline import frame_spec
-
-    config = _config(tmp_path, tmp_path / "out", tiny, **{"frames.max_pixels": 128 * 128})
-    on_gpu, on_cpu = frame_spec(config, encoders_on_gpu=True), frame_spec(config, encoders_on_gpu=False)
-    view = on_gpu.caption_size(1280, 720)
-    assert min(view) >= 64  # large enough to cut the 64 px crop from
-    assert not on_gpu.crop_made_here(view) and on_cpu.crop_made_here(view)
-    assert on_gpu.crop_made_here((32, 32))  # too small: made here wherever the encoders run
-
-
-def test_a_vllm_caption_actor_takes_two_batches_at_once_and_transformers_one():
-    from etl.pipeline import caption_batches_per_actor
-
-    vllm = load_config("jobs/configs/local.yaml", {"input": "/in", "output": "/out"})
-    assert vllm.models.captioner.backend == "vllm"
-    assert caption_batches_per_actor(vllm) == {"max_concurrent_calls_per_actor": 2, "enable_true_multi_threading": True}
-    hf = load_config("jobs/configs/local.yaml", {"input": "/in", "output": "/out", "models.captioner.backend": "transformers"})
-    assert caption_batches_per_actor(hf) == {}
-
-
-def test_a_samples_own_timing_goes_to_the_captioner_and_a_lying_one_is_its_error():
-    from etl.mds.encodings import get_encoding
-    from etl.pipeline import ERROR, FPS, FRAME_INDICES, Prepare
-
-    config = load_config("jobs/configs/local.yaml", {"input": "/in", "output": "/out", "read.fps_column": "fps",
-                                                     "read.frame_indices_column": "at"})
-    frames = pa.array([[b"a", b"b"], [b"a"], [b"a", b"b"], [b"a", b"b"], [b"a"], [b"a", b"b"]],
-                      pa.list_(pa.binary()))
-    base = {"shard": pa.array([0] * 6, pa.int64()), "row": pa.array(range(6), pa.int64()),
-            "mds_error": pa.nulls(6, pa.string()), "frames": frames,
-            "fps": pa.array([30.0, None, 0.0, 25.0, 10.0, 30.0])}
-    as_json = pa.array(["[0, 15]", None, "[0, 1]", "[3, 1]", "[0, 1]", "not json"])
-    prepared = Prepare(config.read, "frames", 4)(pa.table({**base, "at": as_json}))
-    assert prepared.column(FPS).to_pylist()[:2] == [30.0, None]
-    assert prepared.column(FRAME_INDICES).to_pylist()[:2] == [[0, 15], None]
-    assert prepared.column(ERROR).to_pylist() == [
-        None, None, "read: timing: fps 0.0 is not positive", "read: timing: frame indices [3, 1] do not increase from 0 or more",
-        "read: timing: 2 frame indices for 1 frames", "read: timing: frame indices 'not json' are not a list of integers"]
-    # an MDS ndarray:int64 column (the reader's struct of shape and values) reads the same
-    struct = get_encoding("ndarray:int64").arrow_type
-    cells = [[0, 15], None, [0, 1], [3, 1], [0, 1], [0, 2]]
-    as_ndarray = pa.array([None if c is None else {"shape": [len(c)], "values": c} for c in cells], struct)
-    again = Prepare(config.read, "frames", 4)(pa.table({**base, "at": as_ndarray}))
-    assert again.column(FRAME_INDICES).to_pylist() == cells
-    assert again.column(ERROR).to_pylist()[3:] == [
-        "read: timing: frame indices [3, 1] do not increase from 0 or more", "read: timing: 2 frame indices for 1 frames", None]
-
-
-def test_the_job_reads_the_columns_it_names_and_refuses_one_the_input_lacks():
-    from etl.pipeline import read_columns
-
-    encodings = {"frames": "jpeg_array", "text": "str", "fps": "float64"}
-    read = load_config("jobs/configs/local.yaml", {"input": "/in", "output": "/out", "read.text_column": "text",
-                                                   "read.fps_column": "fps"}).read
-    assert read_columns(read, encodings, "frames") == ["frames", "text", "fps"]
-    lacking = read.model_copy(update={"frame_indices_column": "at"})
-    with pytest.raises(ValueError, match=r"read.frame_indices_column='at': no such column in the input "
-                                         r"\(its columns: frames, text, fps\)"):
-        read_columns(lacking, encodings, "frames")

@@ -9,6 +9,7 @@ import pytest
 from etl import storage
 from etl.mds import MDSWriter, ShardReader, load_index
 from etl.sources.mds_datasource import MDSDatasource
+from etl.sources.read_options import ReadOptions
 
 
 def test_local_paths_resolve_to_a_memory_mapping_filesystem(tmp_path):
@@ -38,7 +39,7 @@ def test_mds_round_trip_on_a_non_local_filesystem(compression):
     assert [r for e in entries for r in reader.read(e, ["id", "caption", "frames"]).to_pylist()] == [
         dict(row, mds_error=None) for row in rows]
 
-    source = MDSDatasource("s3://bucket/data", filesystem=fs, columns=["id"])
+    source = MDSDatasource("s3://bucket/data", ReadOptions(columns=["id"]), filesystem=fs)
     tasks = source.get_read_tasks(parallelism=4)
     assert all(path.startswith("mock://bucket/data/shard.") for t in tasks for path in t.metadata.input_files)
     got = [r for t in tasks for block in t() for r in block.to_pylist()]

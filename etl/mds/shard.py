@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from etl.mds.encodings import Segments, get_encoding
 from etl.mds.errors import MDSError
+from etl.mds.image_headers import image_limit_problems
 from etl.mds.index import ShardEntry
 
 ERROR_COLUMN = "mds_error"
@@ -118,8 +119,6 @@ class ShardLayout:
             encoding = get_encoding(entry.column_encodings[j])
             array, problems = encoding.decode(seg)
             if self.max_image_pixels is not None and encoding.image_files:
-                from etl.image_headers import image_limit_problems
-
                 problems = problems + image_limit_problems(array, self.max_image_pixels)
             column_bad = bad.copy()
             for mask, message in problems:

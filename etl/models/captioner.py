@@ -212,8 +212,9 @@ def parse_answer(raw: str, cut: bool = False) -> CaptionResult:
     if fenced:
         text = fenced.group(1).strip()
     start, end = text.find("{"), text.rfind("}")
-    unparsable = lambda problem: CaptionResult(raw, None, None, problem + (" (cut at max_new_tokens)" if cut else ""),
-                                               raw)
+    def unparsable(problem: str) -> CaptionResult:
+        return CaptionResult(raw, None, None, problem + (" (cut at max_new_tokens)" if cut else ""), raw)
+
     if start < 0 or end <= start:
         return unparsable("no JSON object in the answer")
     try:

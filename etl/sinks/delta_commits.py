@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from etl import storage
+from etl.sinks.bucket_files import file_entry
 from schemas.tables import PARTITION_COLUMN, storage_schema
 
 _CONFLICT_RETRIES = 8
@@ -65,8 +66,6 @@ def _plan_replacement(uri: str, table, shards: Collection[int], tag: str,
     landed but its response was lost, the retry finds them live and re-adds them, which leaves
     the snapshot unchanged (Delta keys files by path)."""
     from deltalake.transaction import RemoveAction
-
-    from etl.sinks.table_datasink import file_entry
 
     fs, root = storage.resolve(uri)
     wanted = pa.array(sorted(set(shards)), pa.int64())

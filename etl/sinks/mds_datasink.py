@@ -8,7 +8,7 @@ moment there is no root index, so a failed write never leaves one pointing at mi
 """
 
 import uuid
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional
 
 import pyarrow.fs as pafs
 from ray.data.block import Block, BlockAccessor
@@ -17,26 +17,18 @@ from ray.data.datasource.datasink import WriteResult
 
 from etl import storage
 from etl.mds.index import INDEX_BASENAME, index_json
-from etl.mds.writer import DEFAULT_SIZE_LIMIT, MDSWriter, writer_options
+from etl.mds.writer import MDSWriter, writer_options
 
 _PART_PREFIX = "part-"
 
 
 class MDSDatasink(Datasink[list[dict[str, Any]]]):
-    def __init__(
-        self,
-        uri: str,
-        *,
-        columns: Mapping[str, str],
-        compression: Optional[str] = None,
-        hashes: Sequence[str] = (),
-        size_limit: Union[int, str, None] = DEFAULT_SIZE_LIMIT,
-        filesystem: Optional[pafs.FileSystem] = None,
-    ):
-        # Validate everything on the driver, before any task starts.
-        options = writer_options(columns, compression, hashes, size_limit)
-        self.columns = dict(columns)
-        self.compression, self.hashes, self.size_limit = options.compression, options.hashes, options.size_limit
+    """`settings` are `MDSWriter`'s (columns, compression, hashes, size_limit), checked here on
+    the driver before any task starts and handed to each task's writer as they are."""
+
+    def __init__(self, uri: str, settings: Mapping[str, Any], *, filesystem: Optional[pafs.FileSystem] = None):
+        options = writer_options(**settings)
+        self.settings, self.columns, self.size_limit = dict(settings), dict(settings["columns"]), options.size_limit
         self._uri = uri
         self._filesystem = filesystem
         self._write_id = uuid.uuid4().hex[:12]
@@ -63,9 +55,7 @@ class MDSDatasink(Datasink[list[dict[str, Any]]]):
     def write(self, blocks: Iterable[Block], ctx) -> list[dict[str, Any]]:
         fs, root = self._resolve()
         subdir = f"{_PART_PREFIX}{self._write_id}-{ctx.task_idx:06d}"
-        writer = MDSWriter(root, columns=self.columns, compression=self.compression,
-                           hashes=self.hashes, size_limit=self.size_limit, subdir=subdir,
-                           write_index=False, filesystem=fs)
+        writer = MDSWriter(root, **self.settings, subdir=subdir, write_index=False, filesystem=fs)
         with writer:
             for block in blocks:
                 writer.write_table(BlockAccessor.for_block(block).to_arrow())

@@ -1,26 +1,20 @@
 """`write_mds`: the public writer."""
 
-from typing import Any, Mapping, Optional, Sequence, Union
+import inspect
+from typing import Any
 
-from etl.mds.writer import DEFAULT_SIZE_LIMIT
+from etl.mds.writer import writer_options
 from etl.sinks.mds_datasink import MDSDatasink
 
+WRITER_SETTINGS = tuple(inspect.signature(writer_options).parameters)  # columns, compression, hashes, size_limit
 
-def write_mds(
-    dataset,
-    uri: str,
-    *,
-    columns: Mapping[str, str],
-    compression: Optional[str] = None,
-    hashes: Sequence[str] = (),
-    size_limit: Union[int, str, None] = DEFAULT_SIZE_LIMIT,
-    filesystem=None,
-    **write_args: Any,
-) -> int:
+
+def write_mds(dataset, uri: str, *, filesystem=None, **kwargs: Any) -> int:
     """Write `dataset` as MDS under `uri`: shards written by workers in parallel, then the
-    merged index.json by the driver. Returns the number of shards. `write_args` go to
-    `Dataset.write_datasink` (e.g. ray_remote_args, concurrency)."""
-    sink = MDSDatasink(uri, columns=columns, compression=compression, hashes=hashes,
-                       size_limit=size_limit, filesystem=filesystem)
-    dataset.write_datasink(sink, **write_args)
+    merged index.json by the driver. Returns the number of shards. Keywords naming `MDSWriter`
+    settings (columns, compression, hashes, size_limit) configure the shards, with its defaults;
+    the others go to `Dataset.write_datasink` (e.g. ray_remote_args, concurrency)."""
+    settings = {k: v for k, v in kwargs.items() if k in WRITER_SETTINGS}
+    sink = MDSDatasink(uri, settings, filesystem=filesystem)
+    dataset.write_datasink(sink, **{k: v for k, v in kwargs.items() if k not in WRITER_SETTINGS})
     return sink.shard_count

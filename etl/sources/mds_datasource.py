@@ -1,7 +1,8 @@
 """`MDSDatasource`: MDS shards as a Ray Data source.
 
-The driver reads index.json once, at construction. `get_read_tasks` only groups the selected
-shards (it is called several times per execution, so it stays cheap and pure). Each read task
+The driver reads index.json once (or is handed the index it already read), at construction,
+and derives the read tasks there (`ReadTasks`). `get_read_tasks` only builds them (it is called
+several times per execution, so it stays cheap and pure). Each read task
 holds at most `shards_per_task` consecutive shards and yields blocks of about `block_bytes` as
 it decodes, so a task never holds more than one shard's bytes. Each task's `size_bytes` is the
 decoded size. Cells of broken samples are null (tensor cells too, which numpy cannot hold):
@@ -9,7 +10,7 @@ split rows with `mds_error` off before converting tensor columns.
 """
 
 import functools
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -22,23 +23,12 @@ from etl.cpu_cores import keep_off_engine_cores
 from etl.mds import (
     ERROR_COLUMN, MDSError, ShardEntry, ShardReader, UnsafeEncodingError, get_encoding, load_index,
 )
-from etl.mds.hashing import check_hash_names
-from etl.mds.reader import DEFAULT_BLOCK_BYTES
 from etl.mds.shard import output_schema
-from etl.sources.shard_selection import ShardSpec, group_shards, select_shards
+from etl.sources.read_options import OnBadShard, ReadOptions
+from etl.sources.read_tasks import ReadTasks
+from etl.sources.shard_selection import select_shards
 
 PROVENANCE = (pa.field("shard", pa.int64()), pa.field("row", pa.int64()))
-OnBadShard = Literal["raise", "quarantine"]
-_ROW_OVERHEAD_BYTES = 64  # provenance, offsets and validity per row
-
-
-def estimate_decoded_bytes(entry: ShardEntry, columns: Sequence[str]) -> int:
-    """Bytes of the Arrow table a shard decodes to: the uncompressed payload (images stay
-    encoded) minus fixed-width columns not selected, plus per-row bookkeeping."""
-    unselected_fixed = sum(size or 0 for name, size in zip(entry.column_names, entry.column_sizes)
-                           if name not in columns)
-    payload = entry.raw_data.bytes - entry.samples * unselected_fixed
-    return max(payload, 0) + entry.samples * (_ROW_OVERHEAD_BYTES + 8 * len(columns))
 
 
 def _quarantined(entry: ShardEntry, problem: str, schema: pa.Schema) -> pa.Table:
@@ -84,51 +74,22 @@ class MDSDatasource(Datasource):
 
     Args:
         uri: dataset root holding index.json (a merged index with sub-folders is fine).
-        shards: "A:B", a list of shard indices, or None for all.
-        columns: columns to read (default: all). Output adds `shard`, `row` and `mds_error`.
-        verify_hashes: hash algorithms to verify for every shard read (must be in the index).
-        allow_pickle: read `pkl` columns (as the pickle bytes; nothing is unpickled).
-        shards_per_task: most shards one read task holds.
-        max_bytes_per_task: do not group shards past this decoded size (one big shard still
-            gets its own task).
-        on_bad_shard: "raise" fails the read on a corrupt/missing shard; "quarantine" turns each
-            of its samples into a row whose `mds_error` names the shard and the problem.
-        block_bytes: size of the blocks a shard is decoded into (see DEFAULT_BLOCK_BYTES).
-        max_image_pixels: if set, jpeg/png cells (and frames of image lists) whose header is
-            unreadable or claims more pixels become errors, checked without decoding pixels.
+        options: what to read and how (`ReadOptions`).
+        index: the dataset's shard entries, when the caller has already read index.json.
+        filesystem: a pyarrow filesystem for `uri` (default: resolved from it).
     """
 
-    def __init__(
-        self,
-        uri: str,
-        *,
-        shards: ShardSpec = None,
-        columns: Optional[Sequence[str]] = None,
-        verify_hashes: Sequence[str] = (),
-        allow_pickle: bool = False,
-        shards_per_task: int = 2,
-        max_bytes_per_task: Optional[int] = 256 << 20,
-        on_bad_shard: OnBadShard = "raise",
-        block_bytes: Optional[int] = DEFAULT_BLOCK_BYTES,
-        max_image_pixels: Optional[int] = None,
-        filesystem: Optional[pafs.FileSystem] = None,
-    ):
+    def __init__(self, uri: str, options: ReadOptions = ReadOptions(), *,
+                 index: Optional[Sequence[ShardEntry]] = None, filesystem: Optional[pafs.FileSystem] = None):
         super().__init__()
-        if on_bad_shard not in ("raise", "quarantine"):
-            raise ValueError(f"on_bad_shard={on_bad_shard!r}; allowed: 'raise', 'quarantine'")
-        if shards_per_task < 1:
-            raise ValueError(f"shards_per_task must be >= 1, got {shards_per_task}")
         self._fs, self._root = storage.resolve(uri, filesystem)
         self._uri = storage.display(self._fs, self._root)
-        all_entries = load_index(self._fs, self._root)
-        self._entries = [all_entries[i] for i in select_shards(shards, len(all_entries))]
-        self._columns = self._choose_columns(columns, allow_pickle)
-        self._verify_hashes = check_hash_names(verify_hashes)
-        self._shards_per_task = shards_per_task
-        self._max_bytes_per_task = max_bytes_per_task
-        self._on_bad_shard = on_bad_shard
-        self._block_bytes = block_bytes
-        self._max_image_pixels = max_image_pixels
+        self._options = options
+        all_entries = list(index) if index is not None else load_index(self._fs, self._root)
+        self._entries = [all_entries[i] for i in select_shards(options.shards, len(all_entries))]
+        self._columns = self._choose_columns(options.columns, options.allow_pickle)
+        self._tasks = ReadTasks.of_entries(self._entries, self._columns, options.shards_per_task,
+                                           options.max_bytes_per_task)
         reference = self._entries[0] if self._entries else None
         self._schema = (output_schema(reference, self._columns, PROVENANCE) if reference
                         else pa.schema([*PROVENANCE, pa.field(ERROR_COLUMN, pa.string())]))
@@ -171,34 +132,36 @@ class MDSDatasource(Datasource):
     def get_name(self) -> str:
         return "MDS"
 
+    @property
+    def read_tasks(self) -> ReadTasks:
+        return self._tasks
+
     def estimate_inmemory_data_size(self) -> Optional[int]:
-        return sum(estimate_decoded_bytes(e, self._columns) for e in self._entries)
+        return sum(self._tasks.sizes)
 
     def num_read_tasks(self) -> int:
-        """How many read tasks `get_read_tasks` returns: pass it as `override_num_blocks` so Ray
-        does not slice each task's blocks further (slices of one block, moved between tasks,
-        are serialized with the whole block's buffers)."""
-        sizes = [estimate_decoded_bytes(e, self._columns) for e in self._entries]
-        return len(group_shards(sizes, self._shards_per_task, self._max_bytes_per_task))
+        """How many read tasks `get_read_tasks` returns: `read_mds` passes it as
+        `override_num_blocks` so Ray does not slice each task's blocks further (slices of one
+        block, moved between tasks, are serialized with the whole block's buffers)."""
+        return len(self._tasks)
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
                        data_context=None) -> list[ReadTask]:
         # Shards are never split, so `parallelism` above the shard count has no effect; below it,
         # groups stay bounded anyway and Ray runs only as many tasks as fit.
-        sizes = [estimate_decoded_bytes(e, self._columns) for e in self._entries]
-        tasks = []
-        for group in group_shards(sizes, self._shards_per_task, self._max_bytes_per_task):
+        options, tasks = self._options, []
+        for group in self._tasks.groups:
             entries = [self._entries[i] for i in group]
             metadata = BlockMetadata(
                 num_rows=sum(e.samples for e in entries),
-                size_bytes=sum(sizes[i] for i in group),
+                size_bytes=self._tasks.task_bytes(group),
                 input_files=[storage.display(self._fs, storage.join(self._root, e.stored.basename))
                              for e in entries],
                 exec_stats=None,
             )
             read_fn = functools.partial(
-                _read_group, self._fs, self._root, entries, self._columns, self._verify_hashes,
-                self._on_bad_shard, self._block_bytes, self._max_image_pixels, self._schema)
+                _read_group, self._fs, self._root, entries, self._columns, options.verify_hashes,
+                options.on_bad_shard, options.block_bytes, options.max_image_pixels, self._schema)
             tasks.append(ReadTask(read_fn, metadata, schema=self._schema,
                                   per_task_row_limit=per_task_row_limit))
         return tasks

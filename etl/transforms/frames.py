@@ -1,4 +1,4 @@
-"""Frame decoding for the CPU stage: encoded frames in, pixel views out.
+"""Frame decoding for the CPU stage (`etl.stages.decode`): encoded frames in, pixel views out.
 
 Per frame: a header check against the decompression-bomb limit (no pixels decoded yet), a JPEG
 DCT-scaled decode (`draft`) when the frame shrinks by 2x or more, EXIF orientation, conversion
@@ -181,13 +181,18 @@ def decode_sample(frames: Sequence[bytes], spec: FrameSpec) -> list[Frame]:
 
 
 # -------------------------------------------------------------------------------------------
-# The stage: a pyarrow batch in, the same rows out with pixel columns and an error column.
+# Pixel views in Arrow: one cell per frame, for the captioner views and the encoders' crops alike.
 
-CAPTION_VIEW_TYPE = pa.struct([("height", pa.int32()), ("width", pa.int32()), ("pixels", pa.large_binary())])
+PIXEL_VIEW_TYPE = pa.struct([("height", pa.int32()), ("width", pa.int32()), ("pixels", pa.large_binary())])
+
+
+def pixel_bytes_per_frame(spec: FrameSpec) -> int:
+    """Upper bound of decoded bytes one frame adds to a batch (for batch sizing)."""
+    return 3 * (spec.max_pixels + spec.crop_size ** 2)
 
 
 def view_lists(rows: Sequence[Sequence[Optional[np.ndarray]]]) -> pa.ListArray:
-    """Per row, uint8 (H, W, 3) frames (None: a null cell) -> list<CAPTION_VIEW_TYPE>. The pixels
+    """Per row, uint8 (H, W, 3) frames (None: a null cell) -> list<PIXEL_VIEW_TYPE>. The pixels
     are copied once, into one buffer; a cell per frame through Python bytes copied them twice
     into fresh pages each time."""
     cells = [cell for row in rows for cell in row]
@@ -200,14 +205,14 @@ def view_lists(rows: Sequence[Sequence[Optional[np.ndarray]]]) -> pa.ListArray:
     heights, widths = (pa.array([0 if cell is None else cell.shape[axis] for cell in cells], pa.int32())
                        for axis in (0, 1))
     nulls = pa.array([cell is None for cell in cells]) if len(present) < len(cells) else None
-    views = pa.StructArray.from_arrays([heights, widths, pixels], fields=list(CAPTION_VIEW_TYPE), mask=nulls)
+    views = pa.StructArray.from_arrays([heights, widths, pixels], fields=list(PIXEL_VIEW_TYPE), mask=nulls)
     row_offsets = np.zeros(len(rows) + 1, np.int32)
     np.cumsum([len(row) for row in rows], out=row_offsets[1:])
     return pa.ListArray.from_arrays(pa.array(row_offsets), views)
 
 
 def pixel_views(views: pa.StructArray) -> list[Optional[np.ndarray]]:
-    """Cells of CAPTION_VIEW_TYPE -> uint8 (height, width, 3) arrays over the Arrow buffer
+    """Cells of PIXEL_VIEW_TYPE -> uint8 (height, width, 3) arrays over the Arrow buffer
     (no copies); None for null cells. The inverse of `view_lists`."""
     heights, widths, pixels = views.flatten()
     offset_type = np.int64 if pa.types.is_large_binary(pixels.type) else np.int32
@@ -218,51 +223,3 @@ def pixel_views(views: pa.StructArray) -> list[Optional[np.ndarray]]:
     heights, widths = (side.fill_null(0).to_numpy() for side in (heights, widths))
     return [data[offsets[i]:offsets[i + 1]].reshape(heights[i], widths[i], 3) if valid[i] else None
             for i in range(len(views))]
-
-
-class FrameDecodeStage:
-    """CPU stage. Needs `image_column` (binary or list of binary) and `error_column`; replaces
-    the image column with `caption_frames`, `crop_frames` (per frame the centre crop, or null
-    where the encoders cut it from the caption frame), `frame_count`, `frame_sizes`. Rows that
-    arrive with an error are passed through untouched; rows that fail here get their reason in
-    `error_column`."""
-
-    def __init__(self, image_column: str, spec: FrameSpec = FrameSpec(), error_column: str = "error"):
-        self.image_column, self.spec, self.error_column = image_column, spec, error_column
-
-    @property
-    def outputs(self) -> dict[str, pa.DataType]:
-        return {"caption_frames": pa.list_(CAPTION_VIEW_TYPE), "crop_frames": pa.list_(CAPTION_VIEW_TYPE),
-                "frame_count": pa.int32(), "frame_sizes": pa.list_(pa.list_(pa.int32(), 2))}
-
-    @staticmethod
-    def pixel_bytes_per_frame(spec: FrameSpec) -> int:
-        """Upper bound of decoded bytes one frame adds to a batch (for batch sizing)."""
-        return 3 * (spec.max_pixels + spec.crop_size ** 2)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        column = batch.column(self.image_column).combine_chunks()
-        errors = batch.column(self.error_column).to_pylist()
-        is_list = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-        values = column.to_pylist()
-        caption_rows, crop_rows, counts, sizes = [], [], [], []
-        for i, value in enumerate(values):
-            frames: Optional[list[Frame]] = None
-            if errors[i] is None:
-                try:
-                    frames = decode_sample(value if is_list else [value], self.spec)
-                except FrameError as exc:
-                    errors[i] = f"decode: {exc}"
-            frames = frames or []
-            caption_rows.append([f.caption_view for f in frames])
-            crop_rows.append([f.crop for f in frames])
-            counts.append(len(frames))
-            sizes.append([list(f.source_size) for f in frames])
-        out = self.outputs
-        batch = batch.set_column(batch.schema.get_field_index(self.error_column), self.error_column,
-                                 pa.array(errors, pa.string()))
-        batch = batch.drop_columns([self.image_column])  # consumed: the encoded bytes go no further
-        return (batch.append_column("caption_frames", view_lists(caption_rows))
-                .append_column("crop_frames", view_lists(crop_rows))
-                .append_column("frame_count", pa.array(counts, pa.int32()))
-                .append_column("frame_sizes", pa.array(sizes, out["frame_sizes"])))

@@ -320,11 +320,13 @@ def test_runtime_env_is_valid_for_ray_job_submit():
     assert all(isinstance(value, str) for value in env["env_vars"].values())
 
 
-@pytest.mark.parametrize("text", ["working_dir: .\nexcludes: .venv/\n", "working_dir: .\nenv_vars: {A: 0}\n"],
-                         ids=["excludes-not-a-list", "env-var-not-a-string"])
-def test_runtime_env_validation_rejects_a_broken_copy(tmp_path, text):
+@pytest.mark.parametrize("text, error", [
+    ("working_dir: .\nexcludes: .venv/\n", r"runtime_env\['excludes'\] must be of type List\[str\]"),
+    ("working_dir: .\nenv_vars: {A: 0}\n", r"runtime_env\['env_vars'\] must be of type Dict\[str, str\], but the value 0"),
+], ids=["excludes-not-a-list", "env-var-not-a-string"])
+def test_runtime_env_validation_rejects_a_broken_copy(tmp_path, text, error):
     (tmp_path / "env.yaml").write_text(text)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=error):
         submitted_runtime_env(tmp_path / "env.yaml")
 
 

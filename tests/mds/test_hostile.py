@@ -11,6 +11,7 @@ import etl
 from etl import storage
 from etl.mds import MDSError, ShardReader, UnsafeEncodingError, load_index
 from etl.sources.mds_datasource import MDSDatasource
+from etl.sources.read_options import ReadOptions
 from tests.mds_cases import jpeg_bytes, write_reference
 
 COLUMNS = {"id": "int", "caption": "str", "frames": "jpeg_array", "image": "pil"}
@@ -50,8 +51,8 @@ def test_pickle_column_is_refused_unless_opted_in(tmp_path):
     path = _dataset(tmp_path, [{"id": 1, "blob": {"x": 1}}], columns={"id": "int", "blob": "pkl"})
     with pytest.raises(UnsafeEncodingError, match=r"column 'blob' is pickled \(pkl\).*allow_pickle=True"):
         MDSDatasource(str(path))
-    assert MDSDatasource(str(path), columns=["id"]).schema.names == ["shard", "row", "id", "mds_error"]
-    allowed = MDSDatasource(str(path), allow_pickle=True)
+    assert MDSDatasource(str(path), ReadOptions(columns=["id"])).schema.names == ["shard", "row", "id", "mds_error"]
+    allowed = MDSDatasource(str(path), ReadOptions(allow_pickle=True))
     assert "blob" in allowed.schema.names
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from etl import storage
 from etl.sinks.delta_commits import commit_files, open_table
-from etl.sinks.table_datasink import write_bucket_files
+from etl.sinks.bucket_files import write_bucket_files
 from schemas.tables import quarantine_schema
 
 SCHEMA = quarantine_schema()  # small, and has sample_id, shard, row, bucket, run_id

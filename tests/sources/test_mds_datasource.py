@@ -5,6 +5,7 @@ import pytest
 import etl
 from etl.mds import MDSWriter
 from etl.sources.mds_datasource import MDSDatasource
+from etl.sources.read_options import ReadOptions
 from tests.mds_cases import jpeg_bytes
 
 
@@ -41,7 +42,7 @@ def test_shard_ranges_and_lists(dataset_path, ray_local, spec):
 
 
 def test_read_tasks_hold_a_bounded_number_of_shards_and_are_pure(dataset_path):
-    source = MDSDatasource(str(dataset_path), shards_per_task=2)
+    source = MDSDatasource(str(dataset_path), ReadOptions(shards_per_task=2))
     count = len(source.entries)
     assert count > 4
     tasks = source.get_read_tasks(parallelism=1)
@@ -49,13 +50,13 @@ def test_read_tasks_hold_a_bounded_number_of_shards_and_are_pure(dataset_path):
     assert all(len(t.metadata.input_files) <= 2 for t in tasks)
     again = source.get_read_tasks(parallelism=200)
     assert [t.metadata.input_files for t in again] == [t.metadata.input_files for t in tasks]
-    tight = MDSDatasource(str(dataset_path), shards_per_task=4, max_bytes_per_task=1)
+    tight = MDSDatasource(str(dataset_path), ReadOptions(shards_per_task=4, max_bytes_per_task=1))
     assert len(tight.get_read_tasks(parallelism=1)) == count
     assert source.num_read_tasks() == len(tasks) and tight.num_read_tasks() == count
 
 
 def test_size_bytes_is_an_honest_estimate_of_the_decoded_blocks(dataset_path):
-    source = MDSDatasource(str(dataset_path), shards_per_task=1)
+    source = MDSDatasource(str(dataset_path), ReadOptions(shards_per_task=1))
     compressed = sum(e.stored.bytes for e in source.entries)
     for task in source.get_read_tasks(parallelism=1):
         actual = sum(block.nbytes for block in task())
@@ -67,8 +68,8 @@ def test_size_bytes_is_an_honest_estimate_of_the_decoded_blocks(dataset_path):
 
 def test_columns_are_checked_up_front(dataset_path):
     with pytest.raises(ValueError, match=r"shard 0 has no column 'nope'; its columns are \['caption', 'frames', 'id'\]"):
-        MDSDatasource(str(dataset_path), columns=["nope"])
-    assert MDSDatasource(str(dataset_path), columns=["frames"]).schema.field("frames").type == pa.list_(pa.large_binary())
+        MDSDatasource(str(dataset_path), ReadOptions(columns=["nope"]))
+    assert MDSDatasource(str(dataset_path), ReadOptions(columns=["frames"])).schema.field("frames").type == pa.list_(pa.large_binary())
 
 
 def test_provenance_name_collisions_are_refused(tmp_path):
@@ -76,7 +77,7 @@ def test_provenance_name_collisions_are_refused(tmp_path):
         writer.write({"row": 1, "x": 2})
     with pytest.raises(ValueError, match=r"column\(s\) \['row'\] collide with the columns read_mds adds"):
         MDSDatasource(str(tmp_path))
-    assert MDSDatasource(str(tmp_path), columns=["x"]).schema.names == ["shard", "row", "x", "mds_error"]
+    assert MDSDatasource(str(tmp_path), ReadOptions(columns=["x"])).schema.names == ["shard", "row", "x", "mds_error"]
 
 
 def test_tensor_columns_batch_to_numpy_without_python_objects(tmp_path, ray_local):
@@ -89,7 +90,7 @@ def test_tensor_columns_batch_to_numpy_without_python_objects(tmp_path, ray_loca
 
 
 def test_shards_stream_out_as_bounded_blocks_with_exact_row_provenance(dataset_path):
-    source = MDSDatasource(str(dataset_path), shards_per_task=1, block_bytes=20_000)
+    source = MDSDatasource(str(dataset_path), ReadOptions(shards_per_task=1, block_bytes=20_000))
     blocks = [block for task in source.get_read_tasks(parallelism=1) for block in task()]
     assert len(blocks) > 2 * len(source.entries)  # shards were cut into several blocks
     assert max(b.nbytes for b in blocks) < 20_000 + 60_000  # a block passes the target by < 1 sample

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from etl.synthetic import jpeg_frames
-from etl.transforms.frames import FrameDecodeStage, FrameError, FrameSpec, decode_frame, decode_sample
+from etl.transforms.frames import FrameError, FrameSpec, decode_frame, decode_sample
 
 SPEC = FrameSpec(max_pixels=224 * 224, min_pixels=32 * 32, crop_size=64)
 
@@ -116,31 +116,6 @@ def test_truncated_jpeg_and_bomb_and_empty_sample():
         decode_sample([good] * 3, FrameSpec(max_pixels=224 * 224, min_pixels=32 * 32, crop_size=64, max_frames=2))
 
 
-def test_stage_adds_views_and_turns_failures_into_error_values():
-    good = jpeg_frames(2, 320, 180)
-    batch = pa.table({
-        "id": [0, 1, 2, 3],
-        "frames": pa.array([good, [good[0], b"junk"], good[:1], good], pa.list_(pa.large_binary())),
-        "error": pa.array([None, None, None, "column 'frames': upstream problem"], pa.string()),
-    })
-    stage = FrameDecodeStage("frames", SPEC)
-    out = stage(batch)
-    assert out.column("error").to_pylist()[1].startswith("decode: frame 1: not a decodable image")
-    assert out.column("error").to_pylist()[3] == "column 'frames': upstream problem"  # untouched
-    assert out.column("frame_count").to_pylist() == [2, 0, 1, 0]
-    assert {name: out.schema.field(name).type for name in stage.outputs} == stage.outputs
-    crops = out.column("crop_frames").to_pylist()
-    assert [len(row) for row in crops] == [2, 0, 1, 0]
-    # 320x180 under max_pixels 224 x 224: a 288x160 view, too small for 192 px crops but not for 64
-    large = FrameDecodeStage("frames", FrameSpec(max_pixels=224 * 224, min_pixels=32 * 32, crop_size=192))(batch)
-    made = [c for row in large.column("crop_frames").to_pylist() for c in row]
-    assert [(c["height"], c["width"], len(c["pixels"])) for c in made] == [(192, 192, 192 * 192 * 3)] * 3
-    assert crops[0] == [None, None]
-    view = out.column("caption_frames")[0].as_py()[0]
-    assert len(view["pixels"]) == view["height"] * view["width"] * 3
-    assert out.column("frame_sizes").to_pylist()[0] == [[320, 180], [320, 180]]
-
-
 def test_spec_is_validated():
     with pytest.raises(ValueError, match="min_pixels <= max_pixels"):
         FrameSpec(min_pixels=10, max_pixels=5)
@@ -154,23 +129,6 @@ def test_pil_cells_from_read_mds_decode_like_files():
     np.testing.assert_array_equal(from_cell.caption_view, from_file.caption_view)
     with pytest.raises(FrameError, match="not a decodable image"):
         decode_frame(dict(cell, data=cell["data"][:10]), SPEC)
-    stage = FrameDecodeStage("frames", SPEC)
-    out = stage(pa.table({"frames": pa.array([[cell, cell]]), "error": pa.array([None], pa.string())}))
-    assert out.column("frame_count").to_pylist() == [2] and out.column("error").to_pylist() == [None]
-
-
-def test_the_pipeline_finds_the_frames_column_from_the_encodings():
-    from etl.pipeline import choose_image_column
-
-    assert choose_image_column({"id": "int", "frames": "jpeg_array"}, None) == "frames"
-    assert choose_image_column({"id": "int", "still": "pil"}, None) == "still"
-    with pytest.raises(ValueError, match=r"several image columns \['a', 'b'\]: choose one with --image-column"):
-        choose_image_column({"a": "jpeg", "b": "list[png]"}, None)
-    assert choose_image_column({"a": "jpeg", "b": "list[png]"}, "b") == "b"
-    with pytest.raises(ValueError, match=r"'id' is 'int'; image columns must be one of"):
-        choose_image_column({"id": "int", "a": "jpeg"}, "id")
-    with pytest.raises(ValueError, match="no image column"):
-        choose_image_column({"id": "int"}, None)
 
 
 def test_smart_resize_equals_transformers_qwen2_vl_rule():
@@ -195,24 +153,12 @@ def test_extreme_aspect_ratio_is_a_frame_error():
         smart_resize(10, 2010, 32, 4096, 50176)
 
 
-def test_the_cpu_stage_does_not_import_torch():
-    import subprocess
-    import sys
-
-    # torch costs a decode actor ~8 s and ~650 MiB, and decode actors are most of a node's processes
-    code = ("import sys; from etl.transforms.frames import FrameDecodeStage, FrameSpec; "
-            "from etl.pipeline import DecodeStage; DecodeStage('f', FrameSpec(), 'error', {}); "
-            "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-
-
 def test_pixel_views_read_each_cell_in_place_and_keep_nulls():
-    from etl.transforms.frames import CAPTION_VIEW_TYPE, pixel_views
+    from etl.transforms.frames import PIXEL_VIEW_TYPE, pixel_views
 
     cells = [{"height": 1, "width": 2, "pixels": bytes(range(6))}, None,
              {"height": 2, "width": 1, "pixels": bytes(range(6, 12))}, {"height": 1, "width": 1, "pixels": b"xyz"}]
-    views = pa.array(cells, CAPTION_VIEW_TYPE)
+    views = pa.array(cells, PIXEL_VIEW_TYPE)
     got = pixel_views(views.slice(1, 3))  # a slice: its buffers start before its first cell
     assert got[0] is None
     assert got[1].shape == (2, 1, 3) and got[1].reshape(-1).tolist() == list(range(6, 12))
@@ -221,7 +167,7 @@ def test_pixel_views_read_each_cell_in_place_and_keep_nulls():
 
 
 def test_view_lists_build_what_arrow_builds_from_cells_and_read_back_in_place():
-    from etl.transforms.frames import CAPTION_VIEW_TYPE, pixel_views, view_lists
+    from etl.transforms.frames import PIXEL_VIEW_TYPE, pixel_views, view_lists
 
     rng = np.random.default_rng(0)
     frame = lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -229,8 +175,8 @@ def test_view_lists_build_what_arrow_builds_from_cells_and_read_back_in_place():
     built = view_lists(rows)
     cells = [[None if f is None else {"height": f.shape[0], "width": f.shape[1], "pixels": f.tobytes()} for f in row]
              for row in rows]
-    assert built.type == pa.list_(CAPTION_VIEW_TYPE)
-    assert built.to_pylist() == pa.array(cells, pa.list_(CAPTION_VIEW_TYPE)).to_pylist()
+    assert built.type == pa.list_(PIXEL_VIEW_TYPE)
+    assert built.to_pylist() == pa.array(cells, pa.list_(PIXEL_VIEW_TYPE)).to_pylist()
     read = pixel_views(built.flatten())
     assert [None if v is None else v.shape for v in read] == [(2, 3, 3), None, (4, 1, 3), None]
     assert np.array_equal(read[0], rows[0][0]) and np.array_equal(read[2], rows[2][0])

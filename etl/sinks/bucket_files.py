@@ -1,26 +1,19 @@
-"""`TableDatasink`: hash-partitioned Delta Lake (or plain hive Parquet) tables, written by workers.
-
-Each write task casts its rows to the table's versioned schema (schemas/tables.py), sorts them
-by bucket and writes one Parquet file per bucket it holds, under `bucket=<n>/`. Only file
-metadata goes back to the driver, which commits every file of the write in one Delta
-transaction. Files of a failed write are never committed (and are removed on a best effort).
-Files per bucket per commit = number of write tasks that held that bucket; `min_rows_per_write`
-bundles rows so that stays small.
+"""Bucket files: rows conformed to their table's versioned schema (schemas/tables.py), sorted by
+bucket and written as one Parquet file per bucket they hold, under `bucket=<n>/`. What comes
+back is each file's metadata (path, size, rows, stats): all a Delta commit needs
+(`etl.sinks.delta_commits`), so workers write and only metadata travels to the driver. Plain
+hive Parquet needs no commit at all.
 """
 
 import json
 import time
-import uuid
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from ray.data.block import Block, BlockAccessor
-from ray.data.datasource import Datasink
-from ray.data.datasource.datasink import WriteResult
 
 from etl import storage
 from schemas.tables import PARTITION_COLUMN, to_storage
@@ -61,48 +54,6 @@ def _stats(table: pa.Table) -> str:
             nulls[name] = table.column(name).null_count
     return json.dumps({"numRecords": table.num_rows, "minValues": minimum, "maxValues": maximum,
                        "nullCount": nulls})
-
-
-class TableDatasink(Datasink[list[dict[str, Any]]]):
-    def __init__(self, uri: str, schema: pa.Schema, *, run_id: str,
-                 format: Literal["delta", "parquet"] = "delta", min_rows_per_write: Optional[int] = None,
-                 filesystem: Optional[pafs.FileSystem] = None):
-        if format not in ("delta", "parquet"):
-            raise ValueError(f"format={format!r}; allowed: 'delta', 'parquet'")
-        if PARTITION_COLUMN not in schema.names:
-            raise ValueError(f"table schema lacks the partition column {PARTITION_COLUMN!r}")
-        self.uri, self.schema, self.run_id, self.format = uri, schema, run_id, format
-        self._min_rows, self._filesystem = min_rows_per_write, filesystem
-        self._write_id = uuid.uuid4().hex[:8]
-        self.files: list[dict[str, Any]] = []
-
-    @property
-    def min_rows_per_write(self) -> Optional[int]:
-        return self._min_rows
-
-    def write(self, blocks: Iterable[Block], ctx) -> list[dict[str, Any]]:
-        tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
-        if not tables:
-            return []
-        return write_bucket_files(pa.concat_tables(tables, promote_options="permissive"), self.schema,
-                                  self.uri, f"{self.run_id}-{self._write_id}-{ctx.task_idx:05d}",
-                                  self._filesystem)
-
-    def on_write_complete(self, write_result: WriteResult[list[dict[str, Any]]]) -> None:
-        self.files = [f for task in write_result.write_returns for f in task]
-        if self.format == "delta":
-            from etl.sinks.delta_commits import commit_files
-
-            commit_files(self.uri, self.schema, self.files, {"run_id": self.run_id})
-
-    def on_write_failed(self, error: Exception) -> None:
-        fs, root = storage.resolve(self.uri, self._filesystem)
-        try:
-            for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
-                if info.base_name.startswith(f"part-{self.run_id}-{self._write_id}-"):
-                    fs.delete_file(info.path)
-        except OSError:
-            pass  # uncommitted files are invisible to Delta readers anyway
 
 
 def write_bucket_files(table: pa.Table, schema: pa.Schema, uri: str, tag: str,

@@ -1,10 +1,14 @@
+import json
+import uuid
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pds
 import pytest
 
+from etl.sinks.bucket_files import conform, write_bucket_files
+from etl.sinks.delta_commits import commit_files
 from etl.sinks.partitioning import buckets_of
-from etl.sinks.table_datasink import TableDatasink, conform
 from schemas.tables import quarantine_schema
 
 
@@ -41,17 +45,28 @@ def test_conform_casts_only_the_columns_that_differ_and_keeps_tensor_lists_intac
         conform(rows.set_column(rows.schema.get_field_index("row"), "row", pa.array(["x"] * 12)), SCHEMA)
 
 
-def test_delta_appends_commit_worker_written_files_per_bucket(tmp_path, ray_local):
+def _written_by_tasks(rows, uri, run_id, tasks=3):
+    """The production path: Ray tasks write their rows' bucket files, only metadata comes back."""
     import ray.data
+
+    def write(batch):
+        files = write_bucket_files(batch, quarantine_schema(), uri, f"{run_id}-{uuid.uuid4().hex[:8]}")
+        return pa.table({"file": [json.dumps(f) for f in files]})
+
+    written = ray.data.from_arrow(rows).repartition(tasks).map_batches(write, batch_format="pyarrow", batch_size=None)
+    return [json.loads(row["file"]) for row in written.take_all()]
+
+
+def test_delta_appends_commit_worker_written_files_per_bucket(tmp_path, ray_local):
     from deltalake import DeltaTable
 
     uri = str(tmp_path / "quarantine")
     for run, start in (("run-1", 0), ("run-2", 100)):
-        sink = TableDatasink(uri, quarantine_schema(), run_id=run)
-        ray.data.from_arrow(_quarantine_rows(100, run_id=run, start=start)).repartition(3).write_datasink(sink)
-        assert sum(f["rows"] for f in sink.files) == 100
+        files = _written_by_tasks(_quarantine_rows(100, run_id=run, start=start), uri, run)
+        commit_files(uri, quarantine_schema(), files, {"run_id": run})
+        assert sum(f["rows"] for f in files) == 100
         per_bucket = {}
-        for f in sink.files:
+        for f in files:
             per_bucket[f["bucket"]] = per_bucket.get(f["bucket"], 0) + 1
         assert max(per_bucket.values()) <= 3  # at most one file per bucket per write task
     table = DeltaTable(uri)
@@ -64,23 +79,20 @@ def test_delta_appends_commit_worker_written_files_per_bucket(tmp_path, ray_loca
 
 
 def test_parquet_format_is_hive_partitioned(tmp_path, ray_local):
-    import ray.data
-
     uri = str(tmp_path / "q")
-    ray.data.from_arrow(_quarantine_rows(50, buckets=2)).write_datasink(
-        TableDatasink(uri, quarantine_schema(), run_id="r", format="parquet"))
+    files = _written_by_tasks(_quarantine_rows(50, buckets=2), uri, "r")
     dataset = pds.dataset(uri, format="parquet", partitioning="hive")
-    assert dataset.to_table().num_rows == 50
+    assert dataset.to_table().num_rows == 50 == sum(f["rows"] for f in files)
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["bucket=0", "bucket=1"]
+    assert {f["path"].split("/")[0] for f in files} == {"bucket=0", "bucket=1"}
 
 
-def test_a_failed_write_commits_nothing(tmp_path, ray_local):
-    import ray.data
+def test_rows_that_do_not_conform_write_no_file(tmp_path):
     from deltalake import DeltaTable
 
     uri = str(tmp_path / "q")
     bad = _quarantine_rows(20).drop_columns(["stage"])
-    with pytest.raises(Exception, match=r"missing \['stage'\]"):
-        ray.data.from_arrow(bad).write_datasink(TableDatasink(uri, quarantine_schema(), run_id="r"))
+    with pytest.raises(ValueError, match=r"missing \['stage'\]"):
+        write_bucket_files(bad, quarantine_schema(), uri, "r")
     assert not DeltaTable.is_deltatable(uri)
     assert not [p for p in tmp_path.rglob("*.parquet")]

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from etl.image_headers import image_limit_problems, image_sizes
+from etl.mds.image_headers import image_limit_problems, image_sizes
 from etl.synthetic import claim_jpeg_size
 
 

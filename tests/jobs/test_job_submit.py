@@ -18,7 +18,7 @@ from etl.models.tiny import ensure_tiny_models
 from etl.synthetic import jpeg_frames
 from tests.s3_server import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120) -> None:

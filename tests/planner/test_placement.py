@@ -1,16 +1,21 @@
-import os
+"""Placement: what each stage gets on a cluster, and the refusals that name their fix."""
 
 import pytest
 
 from etl import planner
 from etl.config import load_config
+from etl.job_input import assumed_read_tasks
 from etl.planner import GIB, Footprints, ModelFootprint, NodeType, PlanError
-from tests.large_checkpoints import qwen3_vl_8b_like
 
 # Qwen3-VL-8B-like: 17.5 GB of bf16 weights; 36 layers x 8 KV heads x 128 dims; 32 px per token side
 QWEN_8B = ModelFootprint(int(17.5e9), 2 * 36 * 8 * 128 * 2, 32, 2)
 ENCODERS = ModelFootprint(int(1.0e9))  # SigLIP-so400m + SD VAE
 FIELD_SHARDS = [266_000_000] * 966
+
+
+def plan_of(nodes, config, footprints, shard_sizes):
+    """The plan for shards of these decoded sizes, grouped into read tasks as the job groups them."""
+    return planner.plan(nodes, config, footprints, assumed_read_tasks(config, shard_sizes))
 
 
 def production(**overrides):
@@ -28,13 +33,13 @@ def test_field_report_160_preprocessors_and_20_four_cpu_engines_on_56_cpus_is_re
     config = production(**{"resources.decode.actors": 160, "resources.captioner.engines": 20,
                            "resources.captioner.cpus_per_engine": 4})
     with pytest.raises(PlanError) as refused:
-        planner.plan([gib_node("gpu", 56, 512, 8, "A100-80G")], config, Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+        plan_of([gib_node("gpu", 56, 512, 8, "A100-80G")], config, Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
     message = str(refused.value)
     assert "resources.captioner.engines=20 but the cluster holds 8" in message
     assert "resources.decode.actors=160" in message and "the cluster has 56 CPUs" in message
     # the fix it names is one that fits
     fixed = int(message.split("set resources.decode.actors <= ")[1].split(",")[0])
-    plan = planner.plan([gib_node("gpu", 56, 512, 8, "A100-80G")],
+    plan = plan_of([gib_node("gpu", 56, 512, 8, "A100-80G")],
                         production(**{"resources.decode.actors": fixed, "resources.captioner.cpus_per_engine": 4}),
                         Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
     used = plan.nodes[0].cpus_used
@@ -44,14 +49,14 @@ def test_field_report_160_preprocessors_and_20_four_cpu_engines_on_56_cpus_is_re
 def test_field_report_two_engines_on_a_64_gb_node_are_refused_one_fits():
     nodes = [gib_node("g5-2gpu", 16, 64, 2, "L40S", count=4)]
     with pytest.raises(PlanError, match=r"engines_per_node=2 does not fit; its RAM fit 1"):
-        planner.plan(nodes, production(**{"resources.captioner.engines_per_node": 2}),
+        plan_of(nodes, production(**{"resources.captioner.engines_per_node": 2}),
                      Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
-    plan = planner.plan(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    plan = plan_of(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
     assert plan.nodes[0].engines == 1 and plan.engines == 4
     # the second GPU is left whole, so the encoders get it rather than a share
     assert plan.nodes[0].encoders == 1 and plan.encoder_gpus == 1.0 and plan.engine_gpus == 1.0
     # and two engines do fit where the RAM is there
-    roomy = planner.plan([gib_node("big", 32, 192, 2, "L40S")], production(), Footprints(QWEN_8B, ENCODERS),
+    roomy = plan_of([gib_node("big", 32, 192, 2, "L40S")], production(), Footprints(QWEN_8B, ENCODERS),
                          FIELD_SHARDS)
     assert roomy.nodes[0].engines == 2
 
@@ -59,9 +64,9 @@ def test_field_report_two_engines_on_a_64_gb_node_are_refused_one_fits():
 def test_field_report_16_read_tasks_for_966_shards_of_266_mb_is_refused_and_defaults_give_one_per_shard():
     nodes = [gib_node("gpu", 48, 384, 4, "L40S", count=4), gib_node("cpu", 64, 256, count=8)]
     with pytest.raises(PlanError, match=r"966 shards in only 16 read tasks .* set read.shards_per_task <= 1"):
-        planner.plan(nodes, production(**{"read.shards_per_task": 61, "read.max_task_mb": 20_000}),
+        plan_of(nodes, production(**{"read.shards_per_task": 61, "read.max_task_mb": 20_000}),
                      Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
-    plan = planner.plan(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    plan = plan_of(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
     assert (plan.read_tasks, plan.shards_per_task) == (966, 1)
     assert plan.read_task_memory == 266_000_000 + 3 * planner.READ_BLOCK_BYTES  # one shard + its blocks
     description = plan.describe()
@@ -70,7 +75,7 @@ def test_field_report_16_read_tasks_for_966_shards_of_266_mb_is_refused_and_defa
 
 def test_every_node_fits_what_is_placed_on_it():
     nodes = [gib_node("gpu", 48, 384, 4, "L40S", count=4), gib_node("cpu", 64, 256, count=8)]
-    plan = planner.plan(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    plan = plan_of(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
     for node in plan.nodes:
         assert node.cpus_used <= node.node_type.cpus
         assert node.memory_bytes <= node.node_type.memory_bytes
@@ -85,9 +90,9 @@ def test_engine_that_does_not_fit_gpu_memory_names_tensor_parallelism():
     nodes = [gib_node("a10g", 48, 192, 4, "A10G")]
     long = {"models.captioner.max_model_len": 32768}  # 4.5 GiB of KV beside 16.3 GiB of weights
     with pytest.raises(PlanError, match=r"needs .* per GPU .* set models.captioner.tensor_parallel_size=2"):
-        planner.plan(nodes, production(**long), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
-    assert planner.plan(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS).engines == 4  # 8K fits
-    plan = planner.plan(nodes, production(**long, **{"models.captioner.tensor_parallel_size": 2,
+        plan_of(nodes, production(**long), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
+    assert plan_of(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS).engines == 4  # 8K fits
+    plan = plan_of(nodes, production(**long, **{"models.captioner.tensor_parallel_size": 2,
                                                      "resources.captioner.engines_per_node": 1}),
                         Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
     assert plan.engine_gpus == 2 and plan.nodes[0].encoders == 2 and plan.encoder_gpus == 1.0
@@ -96,15 +101,15 @@ def test_engine_that_does_not_fit_gpu_memory_names_tensor_parallelism():
 def test_token_budget_and_unknown_gpu_and_missing_gpus_are_refused():
     nodes = [gib_node("gpu", 48, 384, 4, "L40S")]
     with pytest.raises(PlanError, match=r"raise it to >= \d+"):
-        planner.plan(nodes, production(**{"models.captioner.max_model_len": 1024}), Footprints(QWEN_8B, ENCODERS),
+        plan_of(nodes, production(**{"models.captioner.max_model_len": 1024}), Footprints(QWEN_8B, ENCODERS),
                      FIELD_SHARDS)
     with pytest.raises(PlanError, match="set resources.gpu_memory_gb"):
-        planner.plan([gib_node("x", 48, 384, 4, "MYSTERY-GPU")], production(), Footprints(QWEN_8B, ENCODERS),
+        plan_of([gib_node("x", 48, 384, 4, "MYSTERY-GPU")], production(), Footprints(QWEN_8B, ENCODERS),
                      FIELD_SHARDS)
-    assert planner.plan([gib_node("x", 48, 384, 4, "MYSTERY-GPU")], production(**{"resources.gpu_memory_gb": 48}),
+    assert plan_of([gib_node("x", 48, 384, 4, "MYSTERY-GPU")], production(**{"resources.gpu_memory_gb": 48}),
                         Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS).engines == 4
     with pytest.raises(PlanError, match="tensor_parallel_size=2 needs GPU nodes with 2 GPUs"):
-        planner.plan([gib_node("cpu", 64, 256)], production(**{"models.captioner.tensor_parallel_size": 2}),
+        plan_of([gib_node("cpu", 64, 256)], production(**{"models.captioner.tensor_parallel_size": 2}),
                      Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
     # video mode: two frames per temporal patch, so half the vision tokens
     images = planner.request_tokens(production(), QWEN_8B)
@@ -115,7 +120,7 @@ def test_token_budget_and_unknown_gpu_and_missing_gpus_are_refused():
 
 def test_vllm_on_a_cpu_node_binds_whole_cores_and_declares_its_kv_cache():
     node = gib_node("cpu", 64, 256)
-    plan = planner.plan([node], production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
+    plan = plan_of([node], production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
     assert (plan.backend, plan.engines, plan.engine_gpus, plan.engine_cpus, plan.engine_cores) == ("vllm", 1, 0, 32, 32)
     per_request = -(-plan.request_tokens // 128) * 128  # whole KV blocks
     assert plan.kv_cache_bytes == QWEN_8B.kv_bytes_per_token * 64 * per_request  # max_num_seqs requests
@@ -123,12 +128,12 @@ def test_vllm_on_a_cpu_node_binds_whole_cores_and_declares_its_kv_cache():
     assert plan.decode_actors == int(64 - 32 - 0.4 - plan.nodes[0].task_slots * 0.1)
     assert "of it KV cache" in plan.describe() and any("KV cache" in note for note in plan.notes)
     with pytest.raises(PlanError, match="cpus_per_engine=2.5: a vLLM engine on a CPU node binds its threads to whole"):
-        planner.plan([node], production(**{"resources.captioner.cpus_per_engine": 2.5}),
+        plan_of([node], production(**{"resources.captioner.cpus_per_engine": 2.5}),
                      Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
     # 64 sequences of ~4K tokens of an 8B model's KV do not fit beside its weights in 64 GiB
     with pytest.raises(PlanError, match="what is placed declares"):
-        planner.plan([gib_node("cpu", 64, 64)], production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
-    smaller = planner.plan([gib_node("cpu", 64, 64)], production(**{"models.captioner.max_num_seqs": 4}),
+        plan_of([gib_node("cpu", 64, 64)], production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
+    smaller = plan_of([gib_node("cpu", 64, 64)], production(**{"models.captioner.max_num_seqs": 4}),
                            Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
     assert smaller.kv_cache_bytes < plan.kv_cache_bytes // 10
 
@@ -138,65 +143,14 @@ def test_two_cpu_machine_gets_one_of_each_and_leaves_room_for_tasks(tiny):
                                                       "models.captioner.model": str(tiny["qwen3_vl"]),
                                                       "models.embedder.model": str(tiny["clip"]),
                                                       "models.vae.model": str(tiny["vae"])})
-    plan = planner.plan([NodeType("local", 2, 8 * GIB)], config, planner.footprints_of(config), [10 << 20] * 12)
+    plan = plan_of([NodeType("local", 2, 8 * GIB)], config, planner.footprints_of(config), [10 << 20] * 12)
     assert (plan.engines, plan.encoders, plan.decode_actors) == (1, 1, 1)
     assert (plan.backend, plan.engine_cpus, plan.engine_cores) == ("vllm", 1, 1)  # one core bound to the engine
     assert plan.engine_cpus + plan.encoder_cpus + plan.decode_cpus + 0.5 == pytest.approx(2.0)
     assert plan.read_tasks == 6 and plan.engine_gpus == 0
     with pytest.raises(PlanError, match="resources.decode.actors <= 1"):
-        planner.plan([NodeType("local", 2, 8 * GIB)], config.model_copy(update={"resources": config.resources.model_copy(
+        plan_of([NodeType("local", 2, 8 * GIB)], config.model_copy(update={"resources": config.resources.model_copy(
             update={"decode": config.resources.decode.model_copy(update={"actors": 3})})}),
             planner.footprints_of(config), [10 << 20] * 12)
     with pytest.raises(PlanError, match="what is placed declares"):
-        planner.plan([NodeType("small", 2, 2 * GIB)], config, planner.footprints_of(config), [10 << 20] * 12)
-
-
-def test_footprints_come_from_the_checkpoint_files_and_config(tmp_path, tiny):
-    checkpoint = qwen3_vl_8b_like(tiny["qwen3_vl"], tmp_path / "qwen8b")
-    footprint = planner.captioner_footprint(str(checkpoint))
-    assert footprint == ModelFootprint(17_500_000_000, 2 * 36 * 8 * 128 * 2, 32, 2)
-    with pytest.raises(PlanError, match="no checkpoint at"):
-        planner.captioner_footprint(str(tmp_path / "missing"))
-
-
-def test_footprints_read_from_s3(bucket, tiny):
-    import pyarrow.fs as pafs
-
-    from etl import storage
-
-    fs, root = storage.resolve(f"{bucket}/models/clip")
-    pafs.copy_files(str(tiny["clip"]), root, destination_filesystem=fs)
-    local = planner.encoders_footprint(str(tiny["clip"]))
-    assert planner.encoders_footprint(f"{bucket}/models/clip") == local
-    assert local.weights_bytes == os.path.getsize(tiny["clip"] / "model.safetensors")
-
-
-def test_cluster_files_parse_into_node_types():
-    launcher = {"head_node_type": "head", "available_node_types": {
-        "head": {"resources": {"CPU": 0, "memory": 8 << 30}, "node_config": {}},
-        "gpu": {"resources": {"CPU": 48, "GPU": 4, "memory": 268 << 30}, "labels": {"ray.io/accelerator-type": "L40S"},
-                "min_workers": 0, "max_workers": 4, "node_config": {}}}}
-    nodes = planner.nodes_from_launcher(launcher)
-    assert nodes[1] == NodeType("gpu", 48, 268 << 30, 4, "L40S", count=4,
-                                object_store_bytes=int((268 << 30) * 0.3 / 0.7))
-    kuberay = {"kind": "RayCluster", "spec": {
-        "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": {"spec": {"containers": [
-            {"resources": {"limits": {"cpu": "8", "memory": "32Gi"}}}]}}},
-        "workerGroupSpecs": [{"groupName": "gpu", "replicas": 1, "maxReplicas": 4, "template": {"spec": {
-            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L40S"},
-            "containers": [{"resources": {"limits": {"cpu": "47500m", "memory": "360Gi", "nvidia.com/gpu": 4}}}]}}}]}}
-    head, gpu = planner.nodes_from_kuberay(kuberay)
-    assert head.cpus == 0 and gpu.cpus == 47.5 and gpu.gpus == 4 and gpu.accelerator == "L40S" and gpu.count == 4
-    assert gpu.memory_bytes == int(360 * GIB * 0.7)
-    with pytest.raises(PlanError, match="set resources.limits.memory"):
-        planner.nodes_from_kuberay({"kind": "RayCluster", "spec": {"headGroupSpec": {"template": {"spec": {
-            "containers": [{"resources": {"limits": {"cpu": "8"}}}]}}}}})
-
-
-def test_live_cluster_nodes_group_by_shape():
-    alive = lambda cpus, gpus=0, accelerator=None: {"Alive": True, "Resources": {
-        "CPU": cpus, "memory": 10 * GIB, "object_store_memory": 4 * GIB, **({"GPU": gpus} if gpus else {}),
-        **({f"accelerator_type:{accelerator}": 1} if accelerator else {})}}
-    nodes = planner.nodes_from_ray([alive(16), alive(16), alive(8, 1, "A10G"), {"Alive": False, "Resources": {"CPU": 99}}])
-    shapes = sorted((n.cpus, n.gpus, n.accelerator, n.count) for n in nodes)
-    assert shapes == [(8.0, 1, "A10G", 1), (16.0, 0, None, 2)]
+        plan_of([NodeType("small", 2, 2 * GIB)], config, planner.footprints_of(config), [10 << 20] * 12)

@@ -38,6 +38,9 @@ def test_main_reports_a_missing_table_without_training(tmp_path, ray_local, caps
 
 
 @pytest.mark.parametrize("flag", ["--steps", "--workers", "--batch-size", "--epochs"])
-def test_counts_must_be_positive(flag):
-    with pytest.raises(SystemExit):
+def test_counts_must_be_positive(flag, capsys):
+    with pytest.raises(SystemExit) as refused:
         train_example.parse_args(["--output", "x", flag, "0"])
+    assert refused.value.code == 2  # argparse's usage error, not a crash
+    assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+    assert getattr(train_example.parse_args(["--output", "x", flag, "1"]), flag[2:].replace("-", "_")) == 1

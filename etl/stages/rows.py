@@ -1,0 +1,70 @@
+"""The row contract between the stages: every column a stage reads or adds, by name and Arrow
+type. A stage names its columns with these constants; `etl.pipeline` checks, before any work,
+that each stage finds the columns it reads (`etl.stages.stage.check_contract`).
+
+Columns starting with `_` are internal: no input column can collide with them, and the write
+stage never writes them.
+"""
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from etl.transforms.frames import PIXEL_VIEW_TYPE
+
+# From the read (`read_mds`): provenance and the reader's verdict
+SHARD, ROW, MDS_ERROR = "shard", "row", "mds_error"
+
+# Prepare
+SAMPLE_ID, BUCKET = "sample_id", "bucket"
+ERROR = "error"            # why the sample failed ("<stage>: <reason>"); null while it is good
+FRAMES = "_frames"         # the encoded frames (an image column, or a list of images)
+TEXT = "_text"             # the sample's text, for the captioner's prompt
+FPS = "_fps"               # a sample's own timing (read.fps_column, read.frame_indices_column)
+FRAME_INDICES = "_frame_indices"
+
+# Decode: pixel views, one cell per frame (PIXEL_VIEW_TYPE: height, width, RGB bytes)
+CAPTION_FRAMES = "caption_frames"   # the captioner's view of each frame
+CROP_FRAMES = "crop_frames"         # the encoders' centre crop, or null where they cut it from the view
+FRAME_COUNT, FRAME_SIZES = "frame_count", "frame_sizes"
+PREVIEW = "_preview"                # a small JPEG of the first frame, for the report's contact sheet
+
+# Caption
+CAPTION, QUALITY, AESTHETICS, CAPTION_PARSE_ERROR = "caption", "quality", "aesthetics", "caption_parse_error"
+ENGINE_STATS = "_engine_stats"      # JSON on a batch's first row: the captioner's counters over that batch
+
+# Encode
+EMBEDDING, FRAME_EMBEDDINGS, LATENTS = "embedding", "frame_embeddings", "latents"
+
+# What the write stage sends the driver: one message per file it wrote ("table" names its table),
+# then one with the counts of the batch. The payload is JSON.
+FILE, COUNTS = "file", "counts"
+MESSAGE_SCHEMA = pa.schema([("kind", pa.string()), ("table", pa.string()), ("payload", pa.string())])
+
+TYPES: dict[str, pa.DataType] = {
+    SHARD: pa.int64(), ROW: pa.int64(), MDS_ERROR: pa.string(),
+    SAMPLE_ID: pa.string(), BUCKET: pa.int32(), ERROR: pa.string(), FPS: pa.float64(),
+    FRAME_INDICES: pa.list_(pa.int64()),
+    CAPTION_FRAMES: pa.list_(PIXEL_VIEW_TYPE), CROP_FRAMES: pa.list_(PIXEL_VIEW_TYPE),
+    FRAME_COUNT: pa.int32(), FRAME_SIZES: pa.list_(pa.list_(pa.int32(), 2)), PREVIEW: pa.binary(),
+    CAPTION: pa.string(), QUALITY: pa.float32(), AESTHETICS: pa.float32(), CAPTION_PARSE_ERROR: pa.string(),
+    ENGINE_STATS: pa.string(),
+}
+
+_DONE_AT = "_done_at_"
+
+
+def done_at(stage: str) -> str:
+    """The column of when each row left `stage` (unix s): the write stage turns every such
+    column into per-second counts, the run report's samples/s per stage over time."""
+    return _DONE_AT + stage
+
+
+def stages_done_at(names) -> dict[str, str]:
+    """{stage: its done-at column} for the done-at columns among `names`."""
+    return {name[len(_DONE_AT):]: name for name in names if name.startswith(_DONE_AT)}
+
+
+def stamped(batch: pa.Table, stage: str) -> pa.Table:
+    return batch.append_column(done_at(stage), pa.array(np.full(batch.num_rows, time.time())))
