@@ -188,14 +188,14 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
 
 def build_dataset(source, context: RunContext):
     """The whole Ray Data plan: the read, then every stage, its contract checked first."""
-    import etl
+    from etl.sources.read import read_mds
 
     steps = [stage.step(context) for stage in STAGES]
     check_contract(steps, context.input_types)
     plan, retries = context.plan, retry_bounds(context.config)
     # Ray 2.60 has no named max_retries for the read (as a keyword it would be a read arg);
     # ray_remote_args is deprecated for 2.64
-    dataset = etl.read_mds(source, num_cpus=plan.task_cpus, memory=plan.read_task_memory, ray_remote_args=retries[0])
+    dataset = read_mds(source, num_cpus=plan.task_cpus, memory=plan.read_task_memory, ray_remote_args=retries[0])
     for step in steps:
         dataset = stage_dataset(dataset, step, retries)
     budget = context.config.ray.object_store_budget_mb

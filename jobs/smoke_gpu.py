@@ -46,7 +46,7 @@ def check_encoders(config, frames: int = 256) -> dict:
     import torch
 
     from etl.models.encoders import FrameEncoders
-    from etl.pipeline import frame_spec
+    from etl.stages.decode import frame_spec
 
     models = config.models
     encoders = FrameEncoders(models.embedder.model, models.vae.model, embedder_batch_size=models.embedder.batch_size,
