@@ -52,7 +52,7 @@ def stages_alone(config, samples: int) -> dict[str, float]:
     context = RunContext(config, plan, "alone", image_column, dict(zip(source.schema.names, source.schema.types)),
                          pipeline.table_schemas(config), PreviewRows())
     first, *steps = [stage.step(context) for stage in pipeline.STAGES]
-    rows = etl.read_mds(config.input, columns=list(first.reads[3:])).take_batch(samples, batch_format="pyarrow")
+    rows = etl.read_mds(source).take_batch(samples, batch_format="pyarrow")
     rates, batch = {}, first.stage(*first.arguments)(rows)
     for step in steps:
         stage = step.stage(*step.arguments)

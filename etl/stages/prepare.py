@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.config import ReadConfig
-from etl.job_input import read_columns
 from etl.sinks.partitioning import buckets_of, derived_sample_ids
 from etl.stages import rows
 from etl.stages.stage import Resources, RunContext, Step
@@ -58,7 +57,7 @@ class Prepare:
             adds[rows.TEXT] = run.input_types[read.text_column]
         if read.fps_column or read.frame_indices_column:
             adds.update({rows.FPS: rows.TYPES[rows.FPS], rows.FRAME_INDICES: rows.TYPES[rows.FRAME_INDICES]})
-        reads = (rows.SHARD, rows.ROW, rows.MDS_ERROR, *read_columns(read, {}, run.image_column))
+        reads = tuple(run.input_types)  # what the read returns: provenance, mds_error, the columns read
         # the read's own CPUs and memory: with the same remote args, Ray fuses the two
         return Step(cls, (read, run.image_column, run.config.sink.buckets), reads, adds,
                     Resources(cpus=plan.task_cpus, memory=plan.read_task_memory), replaces_row=True)
