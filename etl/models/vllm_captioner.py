@@ -105,17 +105,25 @@ def _exit_for_a_restart(why: str) -> None:
     os._exit(1)
 
 
-class EngineWatchdog:
-    """Watches the engine's processes (this process's children once the engine is up). vLLM 0.32's
-    offline client waits forever for a killed engine-core process (seen: generate blocked after a
-    SIGKILL, never raising EngineDeadError), so a batch would hang instead of being retried."""
+def child_pids() -> set[int]:
+    import psutil  # a vLLM dependency
 
-    def __init__(self, interval: float = 1.0):
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+class EngineWatchdog:
+    """Watches the engine's processes: this process's children that the engine's start added
+    (not `earlier` ones: in a process that has others, a Ray worker or a test's subprocess
+    ending is not the engine dying). vLLM 0.32's offline client waits forever for a killed
+    engine-core process (seen: generate blocked after a SIGKILL, never raising
+    EngineDeadError), so a batch would hang instead of being retried."""
+
+    def __init__(self, earlier: set[int], interval: float = 1.0):
         import threading
 
-        import psutil  # a vLLM dependency
+        import psutil
 
-        self._processes = psutil.Process().children(recursive=True)
+        self._processes = [p for p in psutil.Process().children(recursive=True) if p.pid not in earlier]
         self._stopped = threading.Event()
         self._interval = interval
         threading.Thread(target=self._watch, name="vllm-engine-watchdog", daemon=True).start()
@@ -206,11 +214,12 @@ class VLLMCaptioner:
         args = async_engine_args(vllm_engine_kwargs(
             model_path, max_model_len=max_model_len, max_frames=max_frames, frames_as=frames_as, seed=seed,
             kv_cache_bytes=kv_cache_bytes, on_cpu=current_platform.is_cpu(), **engine))
+        earlier = child_pids()
         self.engine = self._on_loop(self._start(args))
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
         self.frames_as, self.video_fps, self.caption_max_chars = frames_as, video_fps, caption_max_chars
         self.tally, self._tally_lock, self._busy = AnswerTally(), threading.Lock(), BusyClock()
-        self._watchdog = EngineWatchdog()
+        self._watchdog = EngineWatchdog(earlier)
 
     @staticmethod
     async def _start(args):
