@@ -167,12 +167,12 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     plan = planner.plan(planner.nodes_from_ray(ray.nodes()), config, planner.footprints_of(config), source.read_tasks)
     if resume and config.sink.format == "delta":
         remove_unfinished_rows(config.output, schemas, run_id, work.todo)
-    expected = {s: index[s].samples for s in work.todo}  # rows per shard, as the index declares
     context = RunContext(config, plan, run_id, image_column, dict(zip(source.schema.names, source.schema.types)),
-                         schemas, preview_rows(work.todo, expected, CONTACT_SHEET_SAMPLES))
+                         schemas, preview_rows(work.todo, {s: index[s].samples for s in work.todo},
+                                               CONTACT_SHEET_SAMPLES))
     summary = RunSummary(run_id, config.output, mode=work.mode, shards=work.todo, skipped_shards=work.skipped,
                          plan=plan.describe(), started_at=started_wall)
-    committer = _committer(config, schemas, run_id, expected, work.mode)
+    committer = _committer(config, schemas, run_id, {s: index[s].samples for s in work.todo}, work.mode)
     try:
         dataset = build_dataset(source, context)
         _commit_as_written(dataset, committer)

@@ -37,9 +37,8 @@ class CaptionStage:
     def step(cls, run: RunContext) -> Step:
         config, plan = run.config, run.plan
         text = rows.TEXT if config.read.text_column else None
-        optional = (rows.TEXT,) if text else ()  # what Prepare adds only when the config names it
-        if config.read.fps_column or config.read.frame_indices_column:
-            optional += (rows.FPS, rows.FRAME_INDICES)
+        timing = (rows.FPS, rows.FRAME_INDICES) if config.read.fps_column or config.read.frame_indices_column else ()
+        optional = (text,) * bool(text) + timing
         adds = {name: rows.TYPES[name] for name, _ in _RESULT_COLUMNS}
         return Step(cls, (config, text, plan.kv_cache_bytes, plan.engine_cores),
                     (rows.CAPTION_FRAMES, rows.ERROR, rows.SAMPLE_ID, *optional),

@@ -68,8 +68,7 @@ class DecodeStage:
                  .append_column(rows.FRAME_COUNT, pa.array([len(s) for s in decoded], rows.TYPES[rows.FRAME_COUNT]))
                  .append_column(rows.FRAME_SIZES, pa.array([[list(f.source_size) for f in s] for s in decoded],
                                                           rows.TYPES[rows.FRAME_SIZES])))
-        return rows.stamped(batch.append_column(rows.PREVIEW, preview_column(batch, self.previews, self.error_column)),
-                           "decode")
+        return rows.stamped(batch.append_column(rows.PREVIEW, preview_column(batch, self.previews)), "decode")
 
     def _sample(self, frames: Optional[list], i: int, errors: list) -> list[Frame]:
         """A sample's decoded frames; none when it failed here (its reason set in `errors`) or before."""

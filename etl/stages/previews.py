@@ -36,14 +36,13 @@ def preview_rows(shards: list[int], rows_per_shard: dict[int, int], wanted: int)
     return PreviewRows(tuple(picked), -(-wanted // len(picked)))
 
 
-def preview_column(batch: pa.Table, chosen: PreviewRows, error_column: str = rows.ERROR) -> pa.Array:
-    """A small JPEG of the first captioner view of the chosen good rows (no error in
-    `error_column`); null elsewhere."""
+def preview_column(batch: pa.Table, chosen: PreviewRows) -> pa.Array:
+    """A small JPEG of the first captioner view of the chosen good rows; null elsewhere."""
     if not chosen.shards:
         return pa.nulls(batch.num_rows, pa.binary())
     wanted = pc.and_(pc.and_(pc.is_in(batch.column(rows.SHARD), pa.array(chosen.shards, pa.int64())),
                              pc.less(batch.column(rows.ROW), chosen.rows)),
-                     pc.and_(pc.is_null(batch.column(error_column)),
+                     pc.and_(pc.is_null(batch.column(rows.ERROR)),
                              pc.greater(pc.list_value_length(batch.column(rows.CAPTION_FRAMES)), 0)))
     previews = [None] * batch.num_rows
     views = batch.column(rows.CAPTION_FRAMES)

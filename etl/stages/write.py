@@ -68,23 +68,20 @@ class WriteStage:
         return [(table, f) for f in files]
 
     def _run_ids(self, count: int) -> pa.Array:
-        return pa.repeat(pa.scalar(self.run_id, pa.string()), count)
+        return pa.array([self.run_id] * count, pa.string())
 
     def _samples(self, good: pa.Table) -> pa.Table:
         for name, model in self.model_names.items():
-            good = good.append_column(name, pa.repeat(pa.scalar(model, pa.string()), good.num_rows))
+            good = good.append_column(name, pa.array([model] * good.num_rows, pa.string()))
         return good.append_column("run_id", self._run_ids(good.num_rows)).select(self.schemas["samples"].names)
 
     def _quarantine(self, bad: pa.Table) -> pa.Table:
-        # a batch's failures share a few reasons: each distinct one is classified once
-        reasons = pc.dictionary_encode(bad.column(rows.ERROR).combine_chunks())
-        distinct = reasons.dictionary.to_pylist()
-        stages = pa.array([reason.split(":", 1)[0] for reason in distinct], pa.string())
-        classes = pa.array([error_class(reason) for reason in distinct], pa.string())
+        reasons = bad.column(rows.ERROR).to_pylist()
         return pa.table({
             rows.SAMPLE_ID: bad.column(rows.SAMPLE_ID), rows.SHARD: bad.column(rows.SHARD),
             rows.ROW: bad.column(rows.ROW), rows.BUCKET: bad.column(rows.BUCKET),
-            "stage": stages.take(reasons.indices), "error_class": classes.take(reasons.indices),
+            "stage": pa.array([reason.split(":", 1)[0] for reason in reasons], pa.string()),
+            "error_class": pa.array([error_class(reason) for reason in reasons], pa.string()),
             "error": bad.column(rows.ERROR), "run_id": self._run_ids(bad.num_rows)})
 
 

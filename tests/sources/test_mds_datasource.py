@@ -98,39 +98,3 @@ def test_shards_stream_out_as_bounded_blocks_with_exact_row_provenance(dataset_p
     expected = [(e.index, j) for e in source.entries for j in range(e.samples)]
     assert [(r["shard"], r["row"]) for r in rows] == expected
     assert [r["id"] for r in rows] == list(range(120))  # written in order, so ids follow (shard, row)
-
-
-def test_read_mds_gives_one_block_stream_per_read_task(dataset_path, ray_local):
-    # without override_num_blocks Ray would split the tasks' blocks towards its 200-block default
-    source = MDSDatasource(str(dataset_path), ReadOptions(shards_per_task=2))
-    assert etl.read_mds(str(dataset_path), shards_per_task=2).materialize().num_blocks() == source.num_read_tasks()
-    with pytest.raises(ValueError, match="sets override_num_blocks itself"):
-        etl.read_mds(str(dataset_path), override_num_blocks=50)
-
-
-def test_read_mds_takes_options_one_way_and_refuses_a_mix(dataset_path):
-    with pytest.raises(ValueError, match="either as ReadOptions or as keywords, not both"):
-        etl.read_mds(str(dataset_path), ReadOptions(columns=["id"]), shards="0:2")
-    with pytest.raises(ValueError, match="a datasource carries its own options"):
-        etl.read_mds(MDSDatasource(str(dataset_path)), columns=["id"])
-    with pytest.raises(ValueError, match=r"on_bad_shard='skip'; allowed: 'raise', 'quarantine'"):
-        ReadOptions(on_bad_shard="skip")
-    with pytest.raises(ValueError, match="unknown hash algorithm"):
-        ReadOptions(verify_hashes=["md4"])
-
-
-def test_a_datasource_handed_the_index_does_not_read_it_again(dataset_path, tmp_path, ray_local):
-    import shutil
-
-    from etl import storage
-    from etl.mds import load_index
-
-    copy = tmp_path / "copy"
-    shutil.copytree(dataset_path, copy)
-    index = load_index(*storage.resolve(str(copy)))
-    (copy / "index.json").unlink()  # a second read of the index would fail now
-    source = MDSDatasource(str(copy), ReadOptions(shards="1:3", columns=["id"]), index=index)
-    assert source.read_tasks.shards == (1, 2)
-    rows = etl.read_mds(source).take_all()
-    assert sorted(r["id"] for r in rows) == sorted(
-        r["id"] for r in etl.read_mds(str(dataset_path), shards="1:3", columns=["id"]).take_all())

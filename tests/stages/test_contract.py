@@ -2,8 +2,6 @@
 columns its step declares, in the declared types; a plan whose stage reads a column no earlier
 stage adds is refused before any work; the pipeline asks Ray for what each step declares."""
 
-import dataclasses
-
 import pyarrow as pa
 import pytest
 
@@ -69,10 +67,9 @@ def test_the_pipeline_asks_ray_for_what_each_step_declares(context, ray_local):
     import ray.data
 
     run, _ = context
-    models = run.config.models
-    vllm = run.config.model_copy(update={"models": models.model_copy(update={
-        "captioner": models.captioner.model_copy(update={"backend": "vllm"})})})
-    step = CaptionStage.step(dataclasses.replace(run, config=vllm))
+    step = CaptionStage.step(run.__class__(**{**run.__dict__, "config": run.config.model_copy(update={
+        "models": run.config.models.model_copy(update={"captioner": run.config.models.captioner.model_copy(
+            update={"backend": "vllm"})})})}))
     assert step.resources.concurrent_batches == 2
     operator = pipeline.stage_dataset(ray.data.range(4), step, ({}, {}))._logical_plan.dag
     assert operator.compute.max_concurrent_calls_per_actor == 2 and operator.compute.enable_true_multi_threading
