@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional
 
 from etl import ledger, storage
 from etl.sinks.delta_commits import commit_files
+from etl.sinks.tables import ensure_tables
 
 TABLES = ("samples", "quarantine")
 MAX_PREVIEWS = 64  # a bound on driver memory whatever the write stage sends
@@ -150,6 +151,11 @@ class RunCommitter:
     # -- committing -----------------------------------------------------------------------------
     def commit_round(self, replace_shards: Optional[list[int]] = None) -> None:
         self._rounds += 1
+        if self._rounds == 1:
+            # every table exists from the first round on, rows or none; one given files now is
+            # created by that commit, so its first version holds them
+            ensure_tables(self.output, {name: schema for name, schema in self.schemas.items()
+                                        if not self.pending.get(name)}, self.format)
         for name in TABLES:
             files = self.pending[name]
             if not files and not replace_shards:

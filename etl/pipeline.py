@@ -193,8 +193,8 @@ def build_dataset(source, context: RunContext):
     steps = [stage.step(context) for stage in STAGES]
     check_contract(steps, context.input_types)
     plan, retries = context.plan, retry_bounds(context.config)
-    # Ray 2.60 has no named max_retries for the read (as a keyword it would be a read arg);
-    # ray_remote_args is deprecated for 2.64
+    # Ray 2.60 names every remote option the job sets except the retry bounds (retry_bounds);
+    # those still go through ray_remote_args, deprecated for 2.64 with no named replacement yet
     dataset = read_mds(source, num_cpus=plan.task_cpus, memory=plan.read_task_memory, ray_remote_args=retries[0])
     for step in steps:
         dataset = stage_dataset(dataset, step, retries)

@@ -104,7 +104,48 @@ def test_resume_clean_up_removes_only_unfinished_shards_rows(tmp_path):
     crashed.commit_round()                             # ... committed, then the driver dies
     assert open_table(f"{tmp_path}/samples").to_pyarrow_table().num_rows == 4
     versions = remove_unfinished_rows(str(tmp_path), SCHEMAS, "run-2", [1])
-    assert versions["quarantine"] is None  # no such table: nothing to do
+    assert versions["quarantine"] is None  # no quarantine rows: nothing to do
     ids = sorted(open_table(f"{tmp_path}/samples").to_pyarrow_table().column("sample_id").to_pylist())
     assert ids == ["0:0", "0:1"]
     assert open_table(f"{tmp_path}/samples").history(1)[0]["reason"].startswith("resume")
+
+
+def test_a_run_with_nothing_quarantined_still_leaves_an_empty_quarantine_table(tmp_path):
+    run = committer(tmp_path, {0: 2})
+    feed(run, write_output(tmp_path, 0, [0, 1]))  # the only round: samples rows, no failure
+    run.finish()
+    for name, rows in (("samples", 2), ("quarantine", 0), ("runs", 1)):
+        table = open_table(f"{tmp_path}/{name}")
+        assert table is not None and table.to_pyarrow_table().num_rows == rows, name
+    assert open_table(f"{tmp_path}/samples").version() == 0  # a table given rows is created with them
+
+
+def _commit_a_whole_run(output, shards, start_at, endpoint_env):
+    import os
+    import time
+
+    os.environ.update(endpoint_env)
+    run = RunCommitter(output, SCHEMAS, f"run-{shards[0]}", json.dumps({"input": "in"}), {s: 3 for s in shards},
+                       format="delta", mode="incremental", cadence=CommitCadence(1, 60.0, 1000),
+                       max_error_fraction=1.0)
+    outputs = [write_output(output, shard, [0, 1, 2]) for shard in shards]
+    open_table(f"{output}/samples")  # deltalake imported, storage warm: the first rounds meet
+    time.sleep(max(0.0, start_at - time.time()))
+    for output_of_shard in outputs:
+        feed(run, output_of_shard)
+    run.finish()
+
+
+def test_two_first_runs_at_once_land_every_row_once(tmp_path):
+    import time
+
+    from tests.sinks.test_delta_commits import run_in_processes
+
+    start_at = time.time() + 8
+    run_in_processes(_commit_a_whole_run, [(str(tmp_path), shards, start_at) for shards in ([0, 1], [2, 3])])
+    ids = open_table(f"{tmp_path}/samples").to_pyarrow_table().column("sample_id").to_pylist()
+    assert sorted(ids) == [f"{s}:{r}" for s in range(4) for r in range(3)]
+    assert sorted(ledger.finished_shards(str(tmp_path), "delta", "in")) == [0, 1, 2, 3]
+    for name in ("samples", "quarantine", "runs"):
+        history = open_table(f"{tmp_path}/{name}").history()
+        assert [h["operation"] for h in history].count("CREATE TABLE") == 1, (name, history)

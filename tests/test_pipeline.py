@@ -277,6 +277,49 @@ def test_rows_commit_while_the_read_is_still_running(tiny, tmp_path, s3_server, 
     assert summary["shards_read_after_first_commit"] >= 1, summary
 
 
+@pytest.fixture(scope="module")
+def clean_and_all_broken_runs(tiny, tmp_path_factory, ray_local):
+    """A clean input written by the reference library, and one where no sample decodes."""
+    from PIL import Image
+
+    from etl import pipeline
+    from tests.mds_cases import write_reference
+
+    clean = tmp_path_factory.mktemp("clean-input")
+    images = [Image.open(io.BytesIO(frame)) for frame in jpeg_frames(4, 96, 64, seed=3)]
+    write_reference(clean, [{"id": f"c-{i}", "text": f"clean {i}", "frames": images[i % 4:] + images[:i % 4][:1]}
+                            for i in range(10)], columns={"id": "str", "text": "str", "frames": "list[jpeg]"},
+                    size_limit=1 << 14)
+    broken = tmp_path_factory.mktemp("broken-input")
+    with MDSWriter(str(broken), columns={"id": "str", "text": "str", "frames": "jpeg_array"}, size_limit=2000) as writer:
+        for i in range(10):
+            writer.write({"id": f"b-{i}", "text": f"broken {i}", "frames": [b"not an image %d" % i]})
+    outputs = {name: tmp_path_factory.mktemp(f"out-{name}") for name in ("clean", "broken")}
+    summaries = {name: pipeline.run(_config(path, outputs[name], tiny, max_error_fraction=1.0))
+                 for name, path in (("clean", clean), ("broken", broken))}
+    return outputs, summaries
+
+
+@pytest.mark.parametrize("run, empty, full", [("clean", "quarantine", "samples"), ("broken", "samples", "quarantine")])
+def test_every_table_exists_after_a_run_even_the_one_with_no_row(clean_and_all_broken_runs, run, empty, full):
+    import ray.data
+    from deltalake import DeltaTable
+
+    from etl.ingest import read_samples
+
+    outputs, summaries = clean_and_all_broken_runs
+    output, summary = outputs[run], summaries[run]
+    assert summary.rows.get(full) == 10 and not summary.rows.get(empty), summary.rows
+    expected = {"samples": samples_schema(16, (4, 8, 8)), "quarantine": quarantine_schema()}
+    table = DeltaTable(str(output / empty))
+    assert table.to_pyarrow_table().num_rows == 0
+    assert restore(table.to_pyarrow_table(), expected[empty]).schema.names == expected[empty].names
+    assert ray.data.read_delta(str(output / empty)).count() == 0
+    assert ray.data.read_delta(str(output / full)).count() == 10
+    assert len(DeltaTable(str(output / "runs")).to_pyarrow_table()) == summary.shards.__len__()
+    assert read_samples(str(output)).dataset.count() == (10 if run == "clean" else 0)
+
+
 def _die(batch):
     import os
 
@@ -308,3 +351,19 @@ def test_a_batch_that_kills_its_worker_every_time_fails_the_job_instead_of_loopi
     pool.shutdown(wait=False)
     with pytest.raises(Exception, match="(?i)died|crash|exit|unexpected|unavailable"):
         running.result(timeout=120)
+
+def test_only_options_ray_has_no_named_parameter_for_go_through_ray_remote_args(tiny, tmp_path):
+    """`ray_remote_args` is deprecated (removed in Ray 2.64): the job passes every option Ray
+    names by its name. The retry bounds have no named parameter in Ray 2.60; when Ray adds one,
+    this fails and says which to move."""
+    import inspect
+
+    import ray.data
+
+    from etl.pipeline import retry_bounds
+
+    task_retries, actor_retries = retry_bounds(_config(tmp_path, tmp_path / "out", tiny))
+    named = set(inspect.signature(ray.data.read_datasource).parameters) | set(
+        inspect.signature(ray.data.Dataset.map_batches).parameters)
+    assert task_retries and actor_retries
+    assert not (set(task_retries) | set(actor_retries)) & named, "Ray names it now: pass it by name"

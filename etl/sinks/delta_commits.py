@@ -11,6 +11,7 @@ appends, and a race over the same files (two replacements sharing a rewritten fi
 with CommitFailedError, after which the replacement is planned again on the new snapshot.
 """
 
+import posixpath
 import random
 import time
 import uuid
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from etl import storage
 from etl.sinks.bucket_files import file_entry
+from etl.sinks.tables import table_description
 from schemas.tables import PARTITION_COLUMN, storage_schema
 
 _CONFLICT_RETRIES = 8
@@ -110,8 +112,11 @@ def commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], metad
             if table is None:
                 if not adds:
                     return None
-                properties = CommitProperties(custom_metadata={**metadata, "files": len(adds)})
+                # no retry: a lost race for version 0 fails, then appends (see tables.create_once)
+                properties = CommitProperties(custom_metadata={**metadata, "files": len(adds)}, max_commit_retries=0)
+                name = posixpath.basename(uri.rstrip("/"))
                 create_table_with_add_actions(uri, delta_schema, adds, mode="append", partition_by=[PARTITION_COLUMN],
+                                              name=name, description=table_description(name),
                                               commit_properties=properties, storage_options=options)
                 return open_table(uri).version()
             removes: list = []

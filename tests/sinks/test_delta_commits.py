@@ -37,11 +37,9 @@ def state(uri, version=None):
     return sorted((r["shard"], r["sample_id"], r["run_id"]) for r in got)
 
 
-@pytest.fixture(params=["local", "s3"])
-def table_uri(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "table")
-    return request.getfixturevalue("bucket") + "/table"
+@pytest.fixture
+def table_uri(storage_root):
+    return storage_root + "/table"
 
 
 def test_replace_swaps_exactly_those_shards_in_one_commit(table_uri):
@@ -115,28 +113,14 @@ def test_concurrent_appends_lose_nothing(table_uri):
     assert open_table(table_uri).version() == 19
 
 
-def test_a_table_created_by_another_writer_after_our_look_gets_our_files_appended(table_uri, monkeypatch):
+def test_a_table_created_by_another_writer_after_our_look_gets_our_files_appended(table_uri,
+                                                                                another_writer_after_our_look):
     """The interleaving two first commits can meet (seen once under load in the concurrent test
     below): we find no table, another writer creates it, then our create fails. Our files must
     still land, in the next version."""
-    from etl.sinks import delta_commits
-
     theirs = write(table_uri, [0], "theirs", "theirs")
-    real_open_table, looks = delta_commits.open_table, []
-
-    def look_then_lose_the_race(uri):
-        looks.append(uri)
-        if len(looks) > 1:
-            return real_open_table(uri)
-        assert real_open_table(uri) is None
-        monkeypatch.setattr(delta_commits, "open_table", real_open_table)  # the other writer looks for real
-        commit_files(uri, SCHEMA, theirs, {"run_id": "theirs"})  # ... and creates the table after our look
-        monkeypatch.setattr(delta_commits, "open_table", look_then_lose_the_race)
-        return None
-
-    monkeypatch.setattr(delta_commits, "open_table", look_then_lose_the_race)
+    another_writer_after_our_look(lambda: commit_files(table_uri, SCHEMA, theirs, {"run_id": "theirs"}))
     version = commit_files(table_uri, SCHEMA, write(table_uri, [1], "ours", "ours"), {"run_id": "ours"})
-    monkeypatch.undo()
     assert version == 1
     assert {(s, run) for s, _, run in state(table_uri)} == {(0, "theirs"), (1, "ours")}
 
