@@ -39,7 +39,8 @@ def append(output: str, rows: pa.Table, format: Literal["delta", "parquet"], nam
     if format == "delta":
         from deltalake import write_deltalake
 
-        write_deltalake(uri, rows, mode="append", storage_options=storage.delta_storage_options(uri))
+        with storage.naming("appending to", uri):
+            write_deltalake(uri, rows, mode="append", storage_options=storage.delta_storage_options(uri))
         return
     import pyarrow.parquet as pq
 

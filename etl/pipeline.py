@@ -156,6 +156,8 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     if config.models.build_tiny_if_missing:
         _ensure_tiny_models(config)
+    footprints = planner.footprints_of(config)  # a model path with no checkpoint is refused by name here
+    storage.check_output_root(config.output)
     index = load_index(*storage.resolve(config.input))  # the one read of index.json
     schemas = table_schemas(config)
     work = shard_work(config, len(index), resume)
@@ -164,7 +166,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
                           seconds=time.perf_counter() - started)
     source, image_column = job_source(config, index, work.todo)
     # The same plan `python -m jobs.plan` prints, against the live cluster: refused before any work
-    plan = planner.plan(planner.nodes_from_ray(ray.nodes()), config, planner.footprints_of(config), source.read_tasks)
+    plan = planner.plan(planner.nodes_from_ray(ray.nodes()), config, footprints, source.read_tasks)
     if resume and config.sink.format == "delta":
         remove_unfinished_rows(config.output, schemas, run_id, work.todo)
     context = RunContext(config, plan, run_id, image_column, dict(zip(source.schema.names, source.schema.types)),
@@ -198,11 +200,18 @@ def build_dataset(source, context: RunContext):
     dataset = read_mds(source, num_cpus=plan.task_cpus, memory=plan.read_task_memory, ray_remote_args=retries[0])
     for step in steps:
         dataset = stage_dataset(dataset, step, retries)
-    budget = context.config.ray.object_store_budget_mb
+    return configure_execution(dataset, context.config)
+
+
+def configure_execution(dataset, config: JobConfig):
+    """The dataset's own context (it copied the global one when it was built): the object-store
+    budget, and a stage's error raised as itself, so the job can say which file failed."""
+    budget = config.ray.object_store_budget_mb
     if budget:
-        # the dataset's own context: it copied the global one when it was built
         options = dataset.context.execution_options
         options.resource_limits = options.resource_limits.copy(object_store_memory=budget << 20)
+    # without it Ray Data raises UserCodeException, whose cause does not cross to the driver
+    dataset.context.raise_original_map_exception = True
     return dataset
 
 

@@ -10,10 +10,11 @@ standard strategy (exponential backoff with jitter) up to `AWS_MAX_ATTEMPTS` att
 endpoint and bound (`delta_storage_options`).
 """
 
+import contextlib
 import os
 import posixpath
 import uuid
-from typing import Optional
+from typing import Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -77,15 +78,36 @@ def join(root: str, *parts: str) -> str:
     return posixpath.join(root, *parts)
 
 
+@contextlib.contextmanager
+def naming(action: str, where: str) -> Iterator[None]:
+    """An OSError raised inside names what was being done to what ("writing s3://b/x: ..."),
+    unless its message already holds `where`. Its class is kept, so callers that catch
+    FileNotFoundError still do. The message is its one argument: Ray Data appends its retry note
+    to a message argument, but to an (errno, message) pair as a third, filename, argument."""
+    try:
+        yield
+    except OSError as exc:
+        if where in str(exc):
+            raise
+        message = f"{action} {where}: {exc.strerror if exc.errno is not None and exc.strerror else exc}"
+        try:
+            named = type(exc)(message)
+        except TypeError:  # a subclass with its own constructor
+            named = OSError(message)
+        named.errno = exc.errno
+        raise named from exc
+
+
 def read_file(fs: pafs.FileSystem, path: str) -> tuple[pa.Buffer, int]:
     """Whole file as an Arrow buffer (zero-copy mmap for local files), plus its size."""
-    with fs.open_input_file(path) as f:
+    with naming("reading", display(fs, path)), fs.open_input_file(path) as f:
         size = f.size()
         return f.read_buffer(size), size
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    with naming("looking for", display(fs, path)):
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def write_file(fs: pafs.FileSystem, path: str, data) -> None:
@@ -93,18 +115,41 @@ def write_file(fs: pafs.FileSystem, path: str, data) -> None:
 
     An S3 PUT is atomic already; a local file is written aside and renamed into place.
     """
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.create_dir(parent, recursive=True)
-    target = path if not is_local(fs) else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(target) as out:
-        out.write(data)
-    if target != path:
-        fs.move(target, path)
+    with naming("writing", display(fs, path)):
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.create_dir(parent, recursive=True)
+        target = path if not is_local(fs) else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with fs.open_output_stream(target) as out:
+            out.write(data)
+        if target != path:
+            fs.move(target, path)
+
+
+def check_output_root(uri: str) -> None:
+    """Before any work, without writing: a local output's nearest existing folder is a writable
+    folder; an S3 output's bucket exists."""
+    fs, root = resolve(uri)
+    where = display(fs, root)
+    if is_local(fs):
+        existing = root
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(f"output {where}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"output {where}: {existing} is not writable by this user")
+        return
+    bucket = root.split("/", 1)[0]
+    with naming("looking for the bucket of the output", where):
+        found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+    if not found:
+        raise FileNotFoundError(f"output {where}: bucket {bucket!r} does not exist")
 
 
 def delete_dir(fs: pafs.FileSystem, path: str) -> None:
     try:
-        fs.delete_dir(path)
+        with naming("deleting", display(fs, path)):
+            fs.delete_dir(path)
     except FileNotFoundError:
         pass

@@ -6,6 +6,7 @@
 
 import argparse
 import sys
+import traceback
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,11 +97,16 @@ def main(argv=None) -> int:
                       logging_level="ERROR", runtime_env={"env_vars": storage_settings()})
     try:
         summary = pipeline.run(config, resume=args.resume)
-    except (ErrorBudgetExceeded, RowAccountingError, ValueError) as exc:
-        print(f"run failed: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # storage still failing after the bounded retries
-        print(f"run failed: storage error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - sorted below; anything unknown is raised again
+        cause = carried_error(exc)
+        if isinstance(cause, (ErrorBudgetExceeded, RowAccountingError, ValueError)):
+            print(f"run failed: {cause}", file=sys.stderr)
+            return 1
+        if not isinstance(cause, OSError):
+            raise
+        # storage still failing after the bounded retries: where it failed, then the one line
+        traceback.print_exception(exc, file=sys.stderr)
+        print(f"run failed: storage error: {without_ray_retry_note(str(cause))}", file=sys.stderr)
         return 1
     if args.summary_json:
         write_summary_json(summary, args.summary_json)
@@ -120,16 +126,42 @@ def main(argv=None) -> int:
     return 0
 
 
+def carried_error(exc: BaseException) -> BaseException:
+    """The error a Ray wrapper carries: a task's exception inside `RayTaskError` (`.cause`), a
+    stage's inside Ray Data's `UserCodeException` (`__cause__`); `exc` itself otherwise."""
+    from ray.data.exceptions import UserCodeException
+    from ray.exceptions import RayTaskError
+
+    seen = set()
+    while isinstance(exc, (RayTaskError, UserCodeException)) and id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return exc
+
+
+def without_ray_retry_note(message: str) -> str:
+    """Ray Data appends "Failed to <step> after N/M attempts ... if you believe this to be
+    transient" to a stage's error; the job's own retry bound already spoke."""
+    return message.split("\nFailed to ", 1)[0].strip()
+
+
+def _share(engine: dict, key: str) -> str:
+    return "n/a" if engine.get(key) is None else f"{engine[key]:.0%}"
+
+
 def engine_line(engine: dict) -> str:
     """One line of the run's captioner figures (`captioner.engine_summary`)."""
     if not engine.get("answers"):
         return "no sample reached it"
-    share = lambda key: "n/a" if engine.get(key) is None else f"{engine[key]:.0%}"
-    line = f"{engine['parsed']}/{engine['answers']} answers parsed ({share('parsed_share')})"
+    line = f"{engine['parsed']}/{engine['answers']} answers parsed ({_share(engine, 'parsed_share')})"
     if engine.get("prompt_tokens_per_s") is not None:
-        line += (f", prefix-cache hits {share('prefix_cache_hit_rate')}, {engine['prompt_tokens_per_s']:,.0f} prompt "
-                 f"+ {engine['generation_tokens_per_s']:,.0f} generated tokens/s")
-    return line + f", engine busy {share('busy_share')}"
+        line += (f", prefix-cache hits {_share(engine, 'prefix_cache_hit_rate')}, "
+                 f"{engine['prompt_tokens_per_s']:,.0f} prompt + {engine['generation_tokens_per_s']:,.0f} "
+                 f"generated tokens/s")
+    return line + f", engine busy {_share(engine, 'busy_share')}"
 
 
 if __name__ == "__main__":

@@ -337,5 +337,7 @@ def test_storage_that_keeps_failing_fails_the_job_loudly(source, config_file, s3
     finally:
         proxy.terminate()
     assert job.returncode != 0
-    assert "storage error" in output and "index.json" in output and "Traceback" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("run failed: storage error: ") and "index.json" in last, output[-3000:]
+    assert "Traceback (most recent call last)" in output  # where it failed stays in the job's log
     assert json.loads(stats.read_text())["slowdown"] >= 3  # retried up to the bound, then failed

@@ -44,3 +44,32 @@ def test_mds_round_trip_on_a_non_local_filesystem(compression):
     assert all(path.startswith("mock://bucket/data/shard.") for t in tasks for path in t.metadata.input_files)
     got = [r for t in tasks for block in t() for r in block.to_pylist()]
     assert sorted(r["id"] for r in got) == list(range(50))
+
+
+def test_an_error_that_names_no_path_is_given_the_path_and_keeps_its_class():
+    with pytest.raises(FileNotFoundError) as caught:
+        with storage.naming("writing", "s3://bucket/out/samples/part-1.parquet"):
+            raise FileNotFoundError(2, "No such file or directory")  # as some layers raise it
+    assert str(caught.value) == "writing s3://bucket/out/samples/part-1.parquet: No such file or directory"
+    assert caught.value.errno == 2 and isinstance(caught.value.__cause__, FileNotFoundError)
+    with pytest.raises(OSError, match=r"^committing to /t: Generic S3 error$"):
+        with storage.naming("committing to", "/t"):
+            raise OSError("Generic S3 error")  # delta-rs: no errno
+
+
+def test_an_error_that_already_names_its_path_is_left_as_it_is(tmp_path):
+    fs, root = storage.resolve(str(tmp_path))
+    with pytest.raises(FileNotFoundError) as caught:
+        storage.read_file(fs, f"{root}/missing.mds")
+    assert str(caught.value).count(f"{root}/missing.mds") == 1 and "reading" not in str(caught.value)
+
+
+def test_an_output_that_cannot_be_made_is_refused_naming_it_without_writing(tmp_path, bucket):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=f"output {tmp_path}/a-file/out: {tmp_path}/a-file is a file"):
+        storage.check_output_root(str(tmp_path / "a-file" / "out"))
+    storage.check_output_root(str(tmp_path / "fresh" / "out"))
+    assert not (tmp_path / "fresh").exists()
+    storage.check_output_root(bucket + "/out")
+    with pytest.raises(FileNotFoundError, match=r"output s3://no-such-bucket-[0-9a-f]+/out: bucket .* does not exist"):
+        storage.check_output_root(f"s3://no-such-bucket-{os.urandom(3).hex()}/out")

@@ -34,7 +34,8 @@ def open_table(uri: str):
     from deltalake import DeltaTable
 
     options = storage.delta_storage_options(uri)
-    return DeltaTable(uri, storage_options=options) if DeltaTable.is_deltatable(uri, options) else None
+    with storage.naming("opening", uri):
+        return DeltaTable(uri, storage_options=options) if DeltaTable.is_deltatable(uri, options) else None
 
 
 def files_meeting(table, shards: Collection[int]) -> list[dict[str, Any]]:
@@ -98,6 +99,12 @@ def commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], metad
     """Add `files` to the Delta table at `uri` (created on first commit) in one transaction; with
     `replace_shards`, the same transaction first removes every existing row of those shards.
     Returns the new version, or None when there was nothing to do."""
+    with storage.naming("committing to", uri):
+        return _commit_files(uri, schema, files, metadata, replace_shards)
+
+
+def _commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], metadata: dict[str, Any],
+                  replace_shards: Optional[Collection[int]]) -> Optional[int]:
     from deltalake import Schema
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import CommitProperties, create_table_with_add_actions

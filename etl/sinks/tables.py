@@ -35,7 +35,13 @@ def ensure_tables(output: str, schemas: dict[str, pa.Schema], format: Literal["d
     """Create each table of `schemas` ({name: logical schema}) under `output` that does not exist
     yet; returns the names created."""
     ensure = _ensure_delta_table if format == "delta" else _ensure_parquet_table
-    return [name for name, schema in schemas.items() if ensure(storage.join(output, name), name, schema)]
+    created = []
+    for name, schema in schemas.items():
+        uri = storage.join(output, name)
+        with storage.naming("creating", uri):
+            if ensure(uri, name, schema):
+                created.append(name)
+    return created
 
 
 def _delta_fields(schema) -> list[dict]:
