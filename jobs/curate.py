@@ -127,18 +127,13 @@ def main(argv=None) -> int:
 
 
 def carried_error(exc: BaseException) -> BaseException:
-    """The error a Ray wrapper carries: a task's exception inside `RayTaskError` (`.cause`), a
-    stage's inside Ray Data's `UserCodeException` (`__cause__`); `exc` itself otherwise."""
-    from ray.data.exceptions import UserCodeException
+    """The error a Ray task or actor raised, inside the `RayTaskError` that carried it to the
+    driver (`.cause`); `exc` itself otherwise. A stage's error arrives as itself because the job
+    sets `raise_original_map_exception` (`pipeline.configure_execution`)."""
     from ray.exceptions import RayTaskError
 
-    seen = set()
-    while isinstance(exc, (RayTaskError, UserCodeException)) and id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else exc.__cause__
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
+    while isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException) and exc.cause is not exc:
+        exc = exc.cause
     return exc
 
 

@@ -316,7 +316,7 @@ def test_every_table_exists_after_a_run_even_the_one_with_no_row(clean_and_all_b
     assert restore(table.to_pyarrow_table(), expected[empty]).schema.names == expected[empty].names
     assert ray.data.read_delta(str(output / empty)).count() == 0
     assert ray.data.read_delta(str(output / full)).count() == 10
-    assert len(DeltaTable(str(output / "runs")).to_pyarrow_table()) == summary.shards.__len__()
+    assert len(DeltaTable(str(output / "runs")).to_pyarrow_table()) == len(summary.shards)
     assert read_samples(str(output)).dataset.count() == (10 if run == "clean" else 0)
 
 

@@ -24,8 +24,7 @@ import pyarrow.parquet as pq
 
 from etl import storage
 from etl.sinks.bucket_files import file_entry
-from etl.sinks.tables import table_description
-from schemas.tables import PARTITION_COLUMN, storage_schema
+from schemas.tables import PARTITION_COLUMN, SCHEMA_VERSION, storage_schema
 
 _CONFLICT_RETRIES = 8
 
@@ -36,6 +35,26 @@ def open_table(uri: str):
     options = storage.delta_storage_options(uri)
     with storage.naming("opening", uri):
         return DeltaTable(uri, storage_options=options) if DeltaTable.is_deltatable(uri, options) else None
+
+
+def table_description(name: str) -> str:
+    return f"{name}: curation job table, schema version {SCHEMA_VERSION} (schemas/tables.py)"
+
+
+def create_table(uri: str, delta_schema, adds: list, metadata: Optional[dict[str, Any]],
+                 partition_by: Optional[list[str]]) -> None:
+    """A table's first commit, with `adds` (or none). Never retried: delta-rs retries a create
+    that lost the race for version 0 as version 1, a second CREATE TABLE with a new table id
+    (with 4 processes creating at once, 2 of 4 "succeeded"). Without retries the loser fails
+    (CommitFailedError, or DeltaError "SaveMode `append` is not allowed for create operation")
+    and can append to, or keep, the winner's table."""
+    from deltalake import CommitProperties
+    from deltalake.transaction import create_table_with_add_actions
+
+    name = posixpath.basename(uri.rstrip("/"))
+    create_table_with_add_actions(uri, delta_schema, adds, mode="append", partition_by=partition_by, name=name,
+                                  description=table_description(name), storage_options=storage.delta_storage_options(uri),
+                                  commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=0))
 
 
 def files_meeting(table, shards: Collection[int]) -> list[dict[str, Any]]:
@@ -107,11 +126,10 @@ def _commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], meta
                   replace_shards: Optional[Collection[int]]) -> Optional[int]:
     from deltalake import Schema
     from deltalake.exceptions import CommitFailedError, DeltaError
-    from deltalake.transaction import CommitProperties, create_table_with_add_actions
+    from deltalake.transaction import CommitProperties
 
     delta_schema = Schema.from_arrow(storage_schema(schema))
     adds = [_add_action(f) for f in files]
-    options = storage.delta_storage_options(uri)
     tag = f"{metadata.get('run_id', 'commit')}-{uuid.uuid4().hex[:6]}"
     for attempt in range(_CONFLICT_RETRIES):
         table = open_table(uri)
@@ -119,12 +137,7 @@ def _commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], meta
             if table is None:
                 if not adds:
                     return None
-                # no retry: a lost race for version 0 fails, then appends (see tables.create_once)
-                properties = CommitProperties(custom_metadata={**metadata, "files": len(adds)}, max_commit_retries=0)
-                name = posixpath.basename(uri.rstrip("/"))
-                create_table_with_add_actions(uri, delta_schema, adds, mode="append", partition_by=[PARTITION_COLUMN],
-                                              name=name, description=table_description(name),
-                                              commit_properties=properties, storage_options=options)
+                create_table(uri, delta_schema, adds, {**metadata, "files": len(adds)}, [PARTITION_COLUMN])
                 return open_table(uri).version()
             removes: list = []
             rewritten: list[dict[str, Any]] = []

@@ -13,18 +13,10 @@ from typing import Literal
 import pyarrow as pa
 
 from etl import storage
+from etl.sinks.delta_commits import create_table, open_table
 from schemas.tables import PARTITION_COLUMN, SCHEMA_VERSION, storage_schema
 
 PARQUET_SCHEMA_FILE = "_common_metadata"  # the Parquet convention: readers skip `_` files
-
-
-def create_once():
-    """Commit properties for a table's first commit. delta-rs retries a create that lost the
-    race for version 0 as version 1, a second CREATE TABLE with a new table id (seen with 4
-    processes: 2 of 4 "succeeded"); without retries the loser fails, and keeps the winner's."""
-    from deltalake import CommitProperties
-
-    return CommitProperties(max_commit_retries=0)
 
 
 class TableSchemaMismatch(RuntimeError):
@@ -63,20 +55,14 @@ def _check_schema(uri: str, stored, wanted) -> None:
 
 
 def _ensure_delta_table(uri: str, name: str, schema: pa.Schema) -> bool:
-    from deltalake import DeltaTable, Schema
+    from deltalake import Schema
     from deltalake.exceptions import DeltaError
 
-    from etl.sinks.delta_commits import open_table
-
     wanted = Schema.from_arrow(storage_schema(schema))
-    options = storage.delta_storage_options(uri)
     table = open_table(uri)
     if table is None:
-        partition_by = [PARTITION_COLUMN] if PARTITION_COLUMN in schema.names else None
         try:
-            DeltaTable.create(uri, wanted, mode="error", partition_by=partition_by, name=name,
-                              description=table_description(name), storage_options=options,
-                              commit_properties=create_once())
+            create_table(uri, wanted, [], None, [PARTITION_COLUMN] if PARTITION_COLUMN in schema.names else None)
             return True
         except DeltaError:
             # another run created it between our look and our create: keep theirs if it matches
@@ -85,10 +71,6 @@ def _ensure_delta_table(uri: str, name: str, schema: pa.Schema) -> bool:
                 raise
     _check_schema(uri, table.schema(), wanted)
     return False
-
-
-def table_description(name: str) -> str:
-    return f"{name}: curation job table, schema version {SCHEMA_VERSION} (schemas/tables.py)"
 
 
 def _ensure_parquet_table(uri: str, name: str, schema: pa.Schema) -> bool:

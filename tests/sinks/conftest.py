@@ -11,13 +11,13 @@ def storage_root(request, tmp_path):
 
 @pytest.fixture
 def another_writer_after_our_look(monkeypatch):
-    """`arrange(other)`: the next `delta_commits.open_table` finds no table, then `other()` (the
-    racing writer) runs before our own create; every later look is real."""
+    """`arrange(other, module)`: the next `open_table` that `module` calls finds no table, then
+    `other()` (the racing writer) runs before our own create; every later look is real."""
     from etl.sinks import delta_commits
 
     real_open_table = delta_commits.open_table
 
-    def arrange(other):
+    def arrange(other, module=delta_commits):
         looks = []
 
         def look_then_lose_the_race(uri):  # a caller may hold on to it: later looks are real
@@ -25,11 +25,10 @@ def another_writer_after_our_look(monkeypatch):
             if len(looks) > 1:
                 return real_open_table(uri)
             assert real_open_table(uri) is None
-            monkeypatch.setattr(delta_commits, "open_table", real_open_table)
+            monkeypatch.setattr(module, "open_table", real_open_table)
             other()
             return None
 
-        monkeypatch.setattr(delta_commits, "open_table", look_then_lose_the_race)
+        monkeypatch.setattr(module, "open_table", look_then_lose_the_race)
 
-    yield arrange
-    monkeypatch.setattr(delta_commits, "open_table", real_open_table)
+    return arrange  # monkeypatch undoes what is left at the test's end

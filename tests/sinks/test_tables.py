@@ -67,7 +67,9 @@ def test_a_table_of_another_schema_is_refused_by_name(tmp_path):
 def test_a_table_created_by_another_run_between_our_look_and_our_create_is_kept(tmp_path,
                                                                              another_writer_after_our_look):
     quarantine = {"quarantine": SCHEMAS["quarantine"]}
-    another_writer_after_our_look(lambda: ensure_tables(str(tmp_path), quarantine, "delta"))
+    from etl.sinks import tables
+
+    another_writer_after_our_look(lambda: ensure_tables(str(tmp_path), quarantine, "delta"), tables)
     assert ensure_tables(str(tmp_path), quarantine, "delta") == []  # theirs is kept
     assert open_table(f"{tmp_path}/quarantine").version() == 0
 
