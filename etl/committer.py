@@ -61,8 +61,9 @@ class RunProgress:
 class RunCommitter:
     def __init__(self, output: str, schemas: dict, run_id: str, config_json: str, expected: dict[int, int], *,
                  format: Literal["delta", "parquet"], mode: Literal["incremental", "replace"],
-                 cadence: CommitCadence, max_error_fraction: float):
+                 cadence: CommitCadence, max_error_fraction: float, table_properties: Optional[dict[str, str]] = None):
         self.output, self.schemas, self.run_id, self.config_json = output, schemas, run_id, config_json
+        self.table_properties = table_properties  # Delta properties of the tables this run creates
         self.expected, self.format, self.mode, self.cadence = expected, format, mode, cadence
         self.max_error_fraction = max_error_fraction
         self.progress = RunProgress()
@@ -155,14 +156,15 @@ class RunCommitter:
             # every table exists from the first round on, rows or none; one given files now is
             # created by that commit, so its first version holds them
             ensure_tables(self.output, {name: schema for name, schema in self.schemas.items()
-                                        if not self.pending.get(name)}, self.format)
+                                        if not self.pending.get(name)}, self.format, self.table_properties)
         for name in TABLES:
             files = self.pending[name]
             if not files and not replace_shards:
                 continue
             if self.format == "delta":
                 version = commit_files(storage.join(self.output, name), self.schemas[name], files,
-                                       {"run_id": self.run_id, "round": self._rounds}, replace_shards=replace_shards)
+                                       {"run_id": self.run_id, "round": self._rounds}, replace_shards=replace_shards,
+                                       properties=self.table_properties)
                 if version is None:
                     continue
             progress = self.progress

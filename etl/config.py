@@ -99,6 +99,19 @@ class ModelsConfig(_Section):
     build_tiny_if_missing: bool = False  # only the demo/local config turns this on
 
 
+class MaintenanceConfig(_Section):
+    """Table health after each run, and in `python -m jobs.maintain` (Delta tables only): small
+    files compacted within each bucket, files removed longer ago than the retention vacuumed,
+    the log checkpointed."""
+
+    enabled: bool = True
+    target_file_mb: int = Field(128, ge=1)   # compaction packs a bucket's small files up to this size
+    # Vacuum deletes the files of versions older than this: a reader pinned to a version removed
+    # more recently still reads it. Delta's default (deletedFileRetentionDuration) is a week.
+    retention_hours: int = Field(168, ge=0)
+    checkpoint_interval: int = Field(10, ge=1)  # commits between log checkpoints (delta.checkpointInterval)
+
+
 class SinkConfig(_Section):
     format: Literal["delta", "parquet"] = "delta"
     buckets: int = Field(16, ge=1, le=4096)
@@ -107,6 +120,7 @@ class SinkConfig(_Section):
     commit_every_shards: int = Field(8, ge=1)       # shards finished since the last round
     commit_every_minutes: float = Field(5.0, gt=0)  # time since the last round, with files pending
     commit_every_files: int = Field(256, ge=1)      # files pending
+    maintenance: MaintenanceConfig = MaintenanceConfig()
 
 
 class DecodeResources(_Section):

@@ -108,6 +108,8 @@ class RunSummary:
     previews: list[dict] = field(default_factory=list)        # the report's contact sheet
     engine: dict = field(default_factory=dict)               # captioner figures (captioner.engine_summary)
     error: Optional[str] = None          # why the run failed, when it did
+    maintenance: list[dict] = field(default_factory=list)     # per table (maintenance.TableHealth)
+    maintenance_error: Optional[str] = None  # the run's rows are committed; `jobs.maintain` redoes it
     report: Optional[str] = None         # URI of report.html
 
 
@@ -179,6 +181,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
         dataset = build_dataset(source, context)
         _commit_as_written(dataset, committer)
         summary.stage_stats = dataset.stats()
+        summary.maintenance, summary.maintenance_error = maintain_after_run(config)
     except BaseException as exc:
         summary.error = f"{type(exc).__name__}: {exc}"
         raise
@@ -217,12 +220,30 @@ def configure_execution(dataset, config: JobConfig):
 
 def _committer(config: JobConfig, schemas: dict, run_id: str, expected: dict[int, int], mode: str):
     from etl.committer import CommitCadence, RunCommitter
+    from etl.sinks.maintenance import table_properties
 
     sink = config.sink
     return RunCommitter(config.output, schemas, run_id, config.model_dump_json(), expected, format=sink.format,
                         mode=mode, max_error_fraction=config.max_error_fraction,
+                        table_properties=table_properties(sink.maintenance),
                         cadence=CommitCadence(sink.commit_every_shards, sink.commit_every_minutes,
                                               sink.commit_every_files))
+
+
+def maintain_after_run(config: JobConfig) -> tuple[list[dict], Optional[str]]:
+    """Compact, vacuum and checkpoint the tables (Delta, `sink.maintenance.enabled`). Every row
+    is committed by now, so a failure here is reported, not raised: the tables are correct, only
+    not yet tidy, and `python -m jobs.maintain` does it again."""
+    from etl.sinks.maintenance import maintain_tables
+
+    settings = config.sink.maintenance
+    if config.sink.format != "delta" or not settings.enabled:
+        return [], None
+    try:
+        return [health.as_dict() for health in maintain_tables(config.output, settings)], None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logger.exception("maintenance of the tables under %s failed", config.output)
+        return [], f"{type(exc).__name__}: {exc}"
 
 
 def _commit_as_written(dataset, committer) -> None:

@@ -153,3 +153,10 @@ def delete_dir(fs: pafs.FileSystem, path: str) -> None:
             fs.delete_dir(path)
     except FileNotFoundError:
         pass
+
+
+def folder_sizes(fs: pafs.FileSystem, path: str) -> dict[str, int]:
+    """{name: bytes} of the files directly in `path` (empty when it does not exist)."""
+    with naming("listing", display(fs, path)):
+        found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return {info.base_name: info.size for info in found if info.type == pafs.FileType.File}

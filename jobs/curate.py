@@ -60,13 +60,31 @@ def parse_sets(items: list[str]) -> dict:
     return overrides
 
 
+def with_flags(sets: dict, flags: dict) -> dict:
+    """`--set` overrides, then the flags that were given: a flag left out (None) leaves the
+    `--set` value of its key in place."""
+    return {**sets, **{key: value for key, value in flags.items() if value is not None}}
+
+
+def job_config(args: argparse.Namespace):
+    """The validated config: the file, then `--set`, then the flags given."""
+    from etl.config import load_config
+
+    return load_config(args.config, with_flags(parse_sets(args.set), {
+        "input": args.input, "output": args.output, "read.shards": args.shards,
+        "read.image_column": args.image_column, "read.text_column": args.text_column,
+        "read.id_column": args.id_column, "sink.buckets": args.buckets, "sink.format": args.format,
+        "ray.address": args.ray_address, "max_error_fraction": args.max_error_fraction}))
+
+
 def write_summary_json(summary, path: str) -> None:
     import json
     from pathlib import Path
 
     figures = {key: getattr(summary, key) for key in (
         "run_id", "output", "mode", "seconds", "first_commit_seconds", "last_read_seconds",
-        "shards_read_after_first_commit", "rows", "commits", "files", "reasons", "engine", "report")}
+        "shards_read_after_first_commit", "rows", "commits", "files", "reasons", "engine", "report",
+        "maintenance", "maintenance_error")}
     figures.update(shards=len(summary.shards), skipped_shards=len(summary.skipped_shards),
                    commit_seconds=[round(t - summary.started_at, 3) for t in summary.commit_times],
                    # where the time to the first commit goes: when each stage finished its first row
@@ -78,15 +96,10 @@ def write_summary_json(summary, path: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from etl.config import ConfigError, load_config
+    from etl.config import ConfigError
 
     try:
-        overrides = parse_sets(args.set)
-        config = load_config(args.config, {**overrides,
-            "input": args.input, "output": args.output, "read.shards": args.shards,
-            "read.image_column": args.image_column, "read.text_column": args.text_column,
-            "read.id_column": args.id_column, "sink.buckets": args.buckets, "sink.format": args.format,
-            "ray.address": args.ray_address, "max_error_fraction": args.max_error_fraction})
+        config = job_config(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -123,7 +136,18 @@ def main(argv=None) -> int:
     for reason, count in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):
         print(f"  quarantined {count} x {reason}")
     print(f"  captioner: {engine_line(summary.engine)}")
+    print_maintenance(summary, config.output)
     return 0
+
+
+def print_maintenance(summary, output: str) -> None:
+    from etl.sinks.maintenance import TableHealth
+
+    for health in summary.maintenance:
+        print(f"  maintenance: {TableHealth(**health).line()}")
+    if summary.maintenance_error:
+        print(f"  maintenance failed (every row is committed; rerun it with python -m jobs.maintain --output "
+              f"{output}): {summary.maintenance_error}", file=sys.stderr)
 
 
 def carried_error(exc: BaseException) -> BaseException:

@@ -39,12 +39,13 @@ def main(argv=None) -> int:
     from etl import planner
     from etl.config import ConfigError, load_config
     from etl.job_input import assumed_read_tasks
-    from jobs.curate import parse_sets
+    from jobs.curate import parse_sets, with_flags
 
     try:
         # planning needs neither an output nor, with --assume-shards, an input
         unused = "(not used for planning)"
-        config = load_config(args.config, {"input": args.input, "read.shards": args.shards, **parse_sets(args.set)},
+        config = load_config(args.config, with_flags(parse_sets(args.set), {"input": args.input,
+                                                                             "read.shards": args.shards}),
                              defaults={"output": unused, "input": unused if args.assume_shards else None})
     except (ConfigError, OSError) as exc:
         print(exc, file=sys.stderr)

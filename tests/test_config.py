@@ -24,11 +24,13 @@ def test_defaults_fill_only_what_neither_the_file_nor_a_flag_sets(tmp_path):
 
 
 @pytest.mark.parametrize("yaml_text, message", [
-    ("sink:\n  fromat: delta\n", "sink.fromat: unknown key; allowed keys: ['buckets', 'commit_every_files', 'commit_every_minutes', 'commit_every_shards', 'format', 'rows_per_write']"),
+    ("sink:\n  fromat: delta\n", "sink.fromat: unknown key; allowed keys: ['buckets', 'commit_every_files', 'commit_every_minutes', 'commit_every_shards', 'format', 'maintenance', 'rows_per_write']"),
     ("sink:\n  format: orc\n", "sink.format: Input should be 'delta' or 'parquet' (got 'orc')"),
     ("models:\n  captioner:\n    backend: tgi\n", "models.captioner.backend: Input should be 'vllm' or 'transformers'"),
     ("sink:\n  buckets: 0\n", "sink.buckets: Input should be greater than or equal to 1 (got 0)"),
     ("frames:\n  min_pixels: 5000\n  max_pixels: 4096\n", "min_pixels (5000) exceeds max_pixels (4096)"),
+    ("sink:\n  maintenance:\n    retention_hour: 1\n", "sink.maintenance.retention_hour: unknown key; allowed keys: "
+     "['checkpoint_interval', 'enabled', 'retention_hours', 'target_file_mb']"),
     ("colour: blue\n", "colour: unknown key; allowed keys: ['frames', 'input', 'max_error_fraction'"),
 ])
 def test_errors_name_the_key_and_the_allowed_values(tmp_path, yaml_text, message):

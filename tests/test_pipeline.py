@@ -320,6 +320,26 @@ def test_every_table_exists_after_a_run_even_the_one_with_no_row(clean_and_all_b
     assert read_samples(str(output)).dataset.count() == (10 if run == "clean" else 0)
 
 
+def test_a_run_leaves_its_tables_compacted_per_bucket_and_checkpointed(clean_and_all_broken_runs):
+    from deltalake import DeltaTable
+
+    outputs, summaries = clean_and_all_broken_runs
+    output, summary = outputs["clean"], summaries["clean"]
+    assert summary.maintenance_error is None
+    health = {entry["table"]: entry for entry in summary.maintenance}
+    assert set(health) == {"samples", "quarantine", "runs"}
+    samples = DeltaTable(str(output / "samples"))
+    assert summary.files["samples"] == health["samples"]["files_before"] > 4  # small files, several rounds
+    actions = samples.get_add_actions(flatten=True)
+    assert health["samples"]["files_after"] == len(actions) <= 4  # sink.buckets: one file per bucket
+    assert len(set(actions.column("partition.bucket").to_pylist())) == len(actions)
+    assert samples.to_pyarrow_table(columns=["sample_id"]).num_rows == 10
+    for name, entry in health.items():
+        table = DeltaTable(str(output / name))
+        assert entry["version_after"] == table.version() and entry["replay_after"] == 0, entry
+        assert table.metadata().configuration == {"delta.checkpointInterval": "10"}
+
+
 def _die(batch):
     import os
 

@@ -42,18 +42,19 @@ def table_description(name: str) -> str:
 
 
 def create_table(uri: str, delta_schema, adds: list, metadata: Optional[dict[str, Any]],
-                 partition_by: Optional[list[str]]) -> None:
+                 partition_by: Optional[list[str]], properties: Optional[dict[str, str]] = None) -> None:
     """A table's first commit, with `adds` (or none). Never retried: delta-rs retries a create
     that lost the race for version 0 as version 1, a second CREATE TABLE with a new table id
     (with 4 processes creating at once, 2 of 4 "succeeded"). Without retries the loser fails
     (CommitFailedError, or DeltaError "SaveMode `append` is not allowed for create operation")
-    and can append to, or keep, the winner's table."""
+    and can append to, or keep, the winner's table. `properties`: Delta table properties."""
     from deltalake import CommitProperties
     from deltalake.transaction import create_table_with_add_actions
 
     name = posixpath.basename(uri.rstrip("/"))
     create_table_with_add_actions(uri, delta_schema, adds, mode="append", partition_by=partition_by, name=name,
-                                  description=table_description(name), storage_options=storage.delta_storage_options(uri),
+                                  description=table_description(name), configuration=properties,
+                                  storage_options=storage.delta_storage_options(uri),
                                   commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=0))
 
 
@@ -114,16 +115,18 @@ def _plan_replacement(uri: str, table, shards: Collection[int], tag: str,
 
 
 def commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], metadata: dict[str, Any], *,
-                 replace_shards: Optional[Collection[int]] = None) -> Optional[int]:
-    """Add `files` to the Delta table at `uri` (created on first commit) in one transaction; with
-    `replace_shards`, the same transaction first removes every existing row of those shards.
-    Returns the new version, or None when there was nothing to do."""
+                 replace_shards: Optional[Collection[int]] = None,
+                 properties: Optional[dict[str, str]] = None) -> Optional[int]:
+    """Add `files` to the Delta table at `uri` (created on first commit, with the table
+    `properties`) in one transaction; with `replace_shards`, the same transaction first removes
+    every existing row of those shards. Returns the new version, or None when there was nothing
+    to do."""
     with storage.naming("committing to", uri):
-        return _commit_files(uri, schema, files, metadata, replace_shards)
+        return _commit_files(uri, schema, files, metadata, replace_shards, properties)
 
 
 def _commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], metadata: dict[str, Any],
-                  replace_shards: Optional[Collection[int]]) -> Optional[int]:
+                  replace_shards: Optional[Collection[int]], properties: Optional[dict[str, str]]) -> Optional[int]:
     from deltalake import Schema
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import CommitProperties
@@ -137,7 +140,7 @@ def _commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], meta
             if table is None:
                 if not adds:
                     return None
-                create_table(uri, delta_schema, adds, {**metadata, "files": len(adds)}, [PARTITION_COLUMN])
+                create_table(uri, delta_schema, adds, {**metadata, "files": len(adds)}, [PARTITION_COLUMN], properties)
                 return open_table(uri).version()
             removes: list = []
             rewritten: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ this run writes; a table of another schema is refused by name, never silently wr
 """
 
 import json
-from typing import Literal
+from typing import Literal, Optional
 
 import pyarrow as pa
 
@@ -23,15 +23,17 @@ class TableSchemaMismatch(RuntimeError):
     """A table exists with columns other than the ones this run writes."""
 
 
-def ensure_tables(output: str, schemas: dict[str, pa.Schema], format: Literal["delta", "parquet"]) -> list[str]:
+def ensure_tables(output: str, schemas: dict[str, pa.Schema], format: Literal["delta", "parquet"],
+                  properties: Optional[dict[str, str]] = None) -> list[str]:
     """Create each table of `schemas` ({name: logical schema}) under `output` that does not exist
-    yet; returns the names created."""
-    ensure = _ensure_delta_table if format == "delta" else _ensure_parquet_table
+    yet, Delta ones with the table `properties`; returns the names created."""
     created = []
     for name, schema in schemas.items():
         uri = storage.join(output, name)
         with storage.naming("creating", uri):
-            if ensure(uri, name, schema):
+            made = (_ensure_delta_table(uri, schema, properties) if format == "delta"
+                    else _ensure_parquet_table(uri, schema))
+            if made:
                 created.append(name)
     return created
 
@@ -54,7 +56,7 @@ def _check_schema(uri: str, stored, wanted) -> None:
                               f"made with")
 
 
-def _ensure_delta_table(uri: str, name: str, schema: pa.Schema) -> bool:
+def _ensure_delta_table(uri: str, schema: pa.Schema, properties: Optional[dict[str, str]]) -> bool:
     from deltalake import Schema
     from deltalake.exceptions import DeltaError
 
@@ -62,7 +64,8 @@ def _ensure_delta_table(uri: str, name: str, schema: pa.Schema) -> bool:
     table = open_table(uri)
     if table is None:
         try:
-            create_table(uri, wanted, [], None, [PARTITION_COLUMN] if PARTITION_COLUMN in schema.names else None)
+            create_table(uri, wanted, [], None, [PARTITION_COLUMN] if PARTITION_COLUMN in schema.names else None,
+                         properties)
             return True
         except DeltaError:
             # another run created it between our look and our create: keep theirs if it matches
@@ -73,7 +76,7 @@ def _ensure_delta_table(uri: str, name: str, schema: pa.Schema) -> bool:
     return False
 
 
-def _ensure_parquet_table(uri: str, name: str, schema: pa.Schema) -> bool:
+def _ensure_parquet_table(uri: str, schema: pa.Schema) -> bool:
     """A Parquet table is a folder of files; an empty one holds only the schema file, which
     pyarrow, Spark and Dask read as the folder's schema."""
     import pyarrow.parquet as pq

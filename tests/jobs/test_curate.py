@@ -19,6 +19,17 @@ def test_set_overrides_are_typed_yaml_scalars_and_validated():
         load_config("jobs/configs/local.yaml", {**parse_sets(["sink.bukets=3"]), "input": "in", "output": "out"})
 
 
+def test_a_set_override_stands_unless_its_flag_is_given():
+    from jobs.curate import job_config, parse_args
+
+    def buckets(*flags):
+        return job_config(parse_args(["--input", "in", "--output", "out", "--config", "jobs/configs/local.yaml",
+                                      "--set", "sink.buckets=16", *flags])).sink.buckets
+
+    assert buckets() == 16  # local.yaml says 4; an absent --buckets once reset it to that
+    assert buckets("--buckets", "8") == 8
+
+
 def test_summary_json_gives_commit_times_and_each_stage_first_row_relative_to_the_start(tmp_path):
     import json
 
