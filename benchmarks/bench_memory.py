@@ -34,8 +34,9 @@ GIB = 2**30
 FLAT_COMMIT_RATIO = 1.25
 
 
-def curate(input_path: Path, output: Path, summary_path: Path, extra_sets: dict) -> subprocess.Popen:
-    sets = [arg for key, value in {**SMALL_JOB, **extra_sets}.items() for arg in ("--set", f"{key}={value}")]
+def curate(input_path: Path, output: Path, summary_path: Path, extra_sets: dict, small: bool = True) -> subprocess.Popen:
+    """`python -m jobs.curate` on jobs/configs/local.yaml, with SMALL_JOB's settings unless not `small`."""
+    sets = [arg for key, value in {**(SMALL_JOB if small else {}), **extra_sets}.items() for arg in ("--set", f"{key}={value}")]
     return subprocess.Popen([sys.executable, "-m", "jobs.curate", "--config", "jobs/configs/local.yaml",
                              "--input", str(input_path), "--output", str(output), "--text-column", "caption",
                              "--ray-address", "local", "--summary-json", str(summary_path), *sets],

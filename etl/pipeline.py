@@ -108,6 +108,7 @@ class RunSummary:
     previews: list[dict] = field(default_factory=list)        # the report's contact sheet
     engine: dict = field(default_factory=dict)               # captioner figures (captioner.engine_summary)
     error: Optional[str] = None          # why the run failed, when it did
+    operator_memory: list[dict] = field(default_factory=list)  # declared vs used, per operator
     maintenance: list[dict] = field(default_factory=list)     # per table (maintenance.TableHealth)
     maintenance_error: Optional[str] = None  # the run's rows are committed; `jobs.maintain` redoes it
     report: Optional[str] = None         # URI of report.html
@@ -151,6 +152,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     from etl.committer import remove_unfinished_rows
     from etl.job_input import job_source
     from etl.mds import load_index
+    from etl.operator_memory import operator_memory
     from etl.stages.previews import CONTACT_SHEET_SAMPLES, preview_rows
 
     started, started_wall = time.perf_counter(), time.time()
@@ -178,9 +180,12 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
                          plan=plan.describe(), started_at=started_wall)
     committer = _committer(config, schemas, run_id, {s: index[s].samples for s in work.todo}, work.mode)
     try:
-        dataset = build_dataset(source, context)
+        steps = [stage.step(context) for stage in STAGES]
+        dataset = build_dataset(source, context, steps)
         _commit_as_written(dataset, committer)
         summary.stage_stats = dataset.stats()
+        summary.operator_memory = [memory.as_dict() for memory in operator_memory(
+            dataset, {"ReadMDS": plan.read_task_memory, **{step.name: step.resources.memory for step in steps}})]
         summary.maintenance, summary.maintenance_error = maintain_after_run(config)
     except BaseException as exc:
         summary.error = f"{type(exc).__name__}: {exc}"
@@ -191,11 +196,11 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     return summary
 
 
-def build_dataset(source, context: RunContext):
-    """The whole Ray Data plan: the read, then every stage, its contract checked first."""
+def build_dataset(source, context: RunContext, steps: list[Step]):
+    """The whole Ray Data plan: the read, then every stage (`steps`, in STAGES order), their
+    contract checked first."""
     from etl.sources.read import read_mds
 
-    steps = [stage.step(context) for stage in STAGES]
     check_contract(steps, context.input_types)
     plan, retries = context.plan, retry_bounds(context.config)
     # Ray 2.60 names every remote option the job sets except the retry bounds (retry_bounds);

@@ -84,7 +84,7 @@ def write_summary_json(summary, path: str) -> None:
     figures = {key: getattr(summary, key) for key in (
         "run_id", "output", "mode", "seconds", "first_commit_seconds", "last_read_seconds",
         "shards_read_after_first_commit", "rows", "commits", "files", "reasons", "engine", "report",
-        "maintenance", "maintenance_error")}
+        "operator_memory", "maintenance", "maintenance_error")}
     figures.update(shards=len(summary.shards), skipped_shards=len(summary.skipped_shards),
                    commit_seconds=[round(t - summary.started_at, 3) for t in summary.commit_times],
                    # where the time to the first commit goes: when each stage finished its first row

@@ -340,6 +340,19 @@ def test_a_run_leaves_its_tables_compacted_per_bucket_and_checkpointed(clean_and
         assert table.metadata().configuration == {"delta.checkpointInterval": "10"}
 
 
+def test_the_summary_gives_each_operators_declared_memory_beside_what_ray_saw_it_use(clean_and_all_broken_runs):
+    from etl.pipeline import STAGES
+
+    _, summaries = clean_and_all_broken_runs
+    memory = {entry["operator"]: entry for entry in summaries["clean"].operator_memory}
+    stages = [stage.__name__ for stage in STAGES]
+    assert list(memory) == [f"ReadMDS->MapBatches({stages[0]})", *(f"MapBatches({name})" for name in stages[1:])]
+    for name, entry in memory.items():
+        assert entry["samples"] >= 1 and 50 * 2**20 < entry["observed_max"] < 8 * 2**30, entry  # a worker's USS
+        assert entry["declared"] is None or entry["ratio"] == entry["declared"] / entry["observed_max"]
+    assert memory["MapBatches(DecodeStage)"]["declared"] == 640 * 2**20  # resources.decode.memory_mb
+
+
 def _die(batch):
     import os
 
