@@ -123,13 +123,13 @@ def main(argv=None) -> None:
     rows, results = [], []
     for op in summary["operator_memory"]:
         sampled = sampled_for(op["operator"], sampler.peaks)
-        observed = max(op["observed_max"], sampled["uss"])
+        observed = max(op["observed_max"] or 0, sampled["uss"])
         declared = op["declared"] or 0
         ratio = declared / observed if observed else None
-        ok = ratio is not None and TARGET[0] <= ratio <= TARGET[1] and declared >= RAY_HEADROOM * op["observed_max"]
+        ok = ratio is not None and TARGET[0] <= ratio <= TARGET[1] and declared >= RAY_HEADROOM * (op["observed_max"] or 0)
         results.append({**op, "sampled_uss": sampled["uss"], "sampled_rss": sampled["rss"], "observed": observed,
                         "ratio_to_observed": ratio, "in_target": ok})
-        rows.append((op["operator"], f"{declared / MIB:.0f}", f"{op['observed_max'] / MIB:.0f}",
+        rows.append((op["operator"], f"{declared / MIB:.0f}", f"{(op['observed_max'] or 0) / MIB:.0f}",
                      f"{sampled['uss'] / MIB:.0f}", f"{sampled['rss'] / MIB:.0f}",
                      f"{ratio:.2f}" if ratio else "n/a", "yes" if ok else "NO"))
     print(f"{args.samples} samples, {summary['seconds']:.0f} s; MiB per worker:")

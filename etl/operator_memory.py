@@ -19,8 +19,8 @@ RAY_HEADROOM = 1.25  # Ray Data's high-memory detector: declared < 1.25 x observ
 class OperatorMemory:
     operator: str              # Ray Data's name, fused operators joined by "->"
     declared: Optional[int]    # bytes per worker, as declared; None: nothing declared
-    observed_max: int          # the largest per-task USS sample
-    observed_mean: float
+    observed_max: Optional[int]   # the largest per-task USS sample; None: Ray took none
+    observed_mean: Optional[float]
     samples: int
 
     @property
@@ -29,6 +29,8 @@ class OperatorMemory:
 
     def line(self) -> str:
         declared = f"{self.declared / 2**20:.0f} MiB" if self.declared else "nothing"
+        if not self.samples:
+            return f"{self.operator}: declared {declared}, no memory sample"
         ratio = f"{self.ratio:.2f}x" if self.ratio else "n/a"
         return (f"{self.operator}: declared {declared}, used up to {self.observed_max / 2**20:.0f} MiB per worker "
                 f"({ratio})")
@@ -45,11 +47,13 @@ def operator_memory(dataset, declared_by_stage: dict[str, Optional[int]]) -> lis
     summary = dataset._get_stats_summary()  # Ray Data's stats API; `dataset.stats()` is its text form
     while summary is not None:
         metrics = (summary.extra_metrics or {}).get("max_uss_bytes") or {}
-        if metrics.get("num_samples") and summary.operators_stats:
+        if summary.operators_stats:
             name = summary.operators_stats[-1].operator_name
             last = name.split("->")[-1]
             stage = re.fullmatch(r"MapBatches\((\w+)\)", last)
+            sampled = int(metrics.get("num_samples") or 0)
             found.append(OperatorMemory(name, declared_by_stage.get(stage.group(1) if stage else last),
-                                        int(metrics["max"]), float(metrics["mean"]), int(metrics["num_samples"])))
+                                        int(metrics["max"]) if sampled else None,
+                                        float(metrics["mean"]) if sampled else None, sampled))
         summary = summary.parents[0] if summary.parents else None
     return found[::-1]

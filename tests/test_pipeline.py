@@ -117,8 +117,8 @@ def test_tables_match_the_versioned_schemas(two_runs):
     (output, _), _ = two_runs
     expected = {"samples": samples_schema(16, (4, 8, 8)), "quarantine": quarantine_schema(), "runs": runs_schema()}
     for name in ("samples", "quarantine"):
-        files = sorted((output / name).rglob("*.parquet"))
-        assert files
+        files = sorted(path for path in (output / name).rglob("*.parquet") if "_delta_log" not in path.parts)
+        assert files  # the run's own files, and the compacted ones: Delta's log checkpoints are not data
         stored = storage_schema(expected[name])
         assert pq.read_schema(files[0]).remove_metadata() == stored.remove(stored.get_field_index("bucket")).remove_metadata()
         logical = restore(_table(output, name), expected[name])
@@ -347,9 +347,12 @@ def test_the_summary_gives_each_operators_declared_memory_beside_what_ray_saw_it
     memory = {entry["operator"]: entry for entry in summaries["clean"].operator_memory}
     stages = [stage.__name__ for stage in STAGES]
     assert list(memory) == [f"ReadMDS->MapBatches({stages[0]})", *(f"MapBatches({name})" for name in stages[1:])]
-    for name, entry in memory.items():
-        assert entry["samples"] >= 1 and 50 * 2**20 < entry["observed_max"] < 8 * 2**30, entry  # a worker's USS
-        assert entry["declared"] is None or entry["ratio"] == entry["declared"] / entry["observed_max"]
+    assert memory["MapBatches(DecodeStage)"]["samples"] >= 1
+    for name, entry in memory.items():  # an operator whose tasks Ray never sampled is listed, with no figure
+        if entry["samples"]:
+            assert 50 * 2**20 < entry["observed_max"] < 8 * 2**30, entry  # a worker's USS
+        assert entry["ratio"] == (entry["declared"] / entry["observed_max"] if entry["declared"] and entry["samples"]
+                                  else None), entry
     assert memory["MapBatches(DecodeStage)"]["declared"] == 640 * 2**20  # resources.decode.memory_mb
 
 
