@@ -21,12 +21,11 @@ import argparse
 import json
 import re
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from bench_memory import curate
-from common import SMALL_JOB, save, synthetic_dataset, table
+from common import SMALL_JOB, MemorySampler, save, synthetic_dataset, table
 
 from etl.operator_memory import RAY_HEADROOM  # after common: it puts the repository on sys.path
 
@@ -46,31 +45,21 @@ def operator_of(cmdline: list[str]):
     return name if "MapBatches(" in name or name.startswith("Read") else None
 
 
-class WorkerSampler:
+class WorkerSampler(MemorySampler):
     """Peak USS and RSS per operator over the Ray workers under `root_pid`, each worker's
-    children counted with it."""
+    children counted with it (MemorySampler's thread, another measure)."""
 
     def __init__(self, root_pid: int, interval: float = 0.5):
-        self.root_pid, self.interval = root_pid, interval
+        super().__init__(root_pid, interval)
         self.peaks: dict[str, dict[str, int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
+    def measure(self) -> int:
         import psutil
 
         try:
             processes = psutil.Process(self.root_pid).children(recursive=True)
         except psutil.NoSuchProcess:
-            return
+            return 0
         for process in processes:
             try:
                 operator = operator_of(process.cmdline())
@@ -85,11 +74,7 @@ class WorkerSampler:
             # which Ray accounts as object_store_memory and not as `memory`, left out
             peak["uss"] = max(peak["uss"], sum(info.rss - info.shared for info in infos))
             peak["rss"] = max(peak["rss"], sum(info.rss for info in infos))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
+        return sum(peak["uss"] for peak in self.peaks.values())
 
 
 def sampled_for(operator: str, peaks: dict[str, dict[str, int]]) -> dict[str, int]:

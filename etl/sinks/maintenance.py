@@ -21,7 +21,6 @@ fail, and compaction is then planned again on the new snapshot.
 import posixpath
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 from etl import storage
 from etl.config import MaintenanceConfig
@@ -94,19 +93,17 @@ def maintain_table(uri: str, table, settings: MaintenanceConfig) -> TableHealth:
                        time.perf_counter() - started)
 
 
-def compact(table, target_bytes: int) -> Optional[dict]:
+def compact(table, target_bytes: int) -> dict:
     """OPTIMIZE with the target size; planned again when a concurrent commit removed a file it
     was packing. Returns delta-rs's metrics of the compaction that landed."""
     from deltalake.exceptions import CommitFailedError
 
-    for attempt in range(_COMPACT_ATTEMPTS):
+    for _ in range(_COMPACT_ATTEMPTS - 1):
         try:
             return table.optimize.compact(target_size=target_bytes)
         except CommitFailedError:
-            if attempt == _COMPACT_ATTEMPTS - 1:
-                raise
             table.update_incremental()
-    return None
+    return table.optimize.compact(target_size=target_bytes)  # the last attempt's error is raised
 
 
 def vacuum(table, retention_hours: int) -> int:
