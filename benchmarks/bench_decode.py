@@ -71,7 +71,7 @@ def ray_stage(path, spec, cores: int, total_frames: int) -> dict:
         # share kept free (actors + a read task over the cluster hang)
         actors = cores
         per_actor = (cores - 2 * TASK_CPUS) / actors
-        batch_rows = max(1, (64 << 20) // (8 * pixel_bytes_per_frame(spec)))
+        batch_rows = max(1, (64 << 20) // (8 * pixel_bytes_per_frame(spec.max_pixels, spec.crop_size)))
         started = time.perf_counter()
         stream = (etl.read_mds(str(path), columns=["frames"], shards_per_task=1, block_bytes=READ_BLOCK_BYTES,
                                num_cpus=TASK_CPUS)

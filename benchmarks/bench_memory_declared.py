@@ -14,7 +14,7 @@ used:
 Target: declared / observed in [1.0, 1.5] for every operator, where observed is the larger of
 Ray's figure and the sampled USS; and declared >= 1.25 x Ray's figure, below which Ray's issue
 detector warns at the end of the run. `python -m jobs.plan` prints the same declared figures.
-Writes results/memory_declared.json.
+Writes results/memory_declared.json (memory_declared-demo.json for --job demo).
 """
 
 import argparse
@@ -27,7 +27,7 @@ from pathlib import Path
 from bench_memory import curate
 from common import SMALL_JOB, MemorySampler, save, synthetic_dataset, table
 
-from etl.operator_memory import RAY_HEADROOM  # after common: it puts the repository on sys.path
+from etl.planner import RAY_HEADROOM  # after common: it puts the repository on sys.path
 
 MIB = 2**20
 TARGET = (1.0, 1.5)
@@ -35,13 +35,16 @@ TARGET = (1.0, 1.5)
 
 def operator_of(cmdline: list[str]):
     """The operator a Ray worker runs, from its process title: "ray::MapWorker(MapBatches(X))"
-    for an actor, "ray::ReadMDS->MapBatches(Prepare)" for a task running; None otherwise."""
+    (".submit" or ".__init__" after it while a method runs) for an actor,
+    "ray::ReadMDS->MapBatches(Prepare)" for a task running; None otherwise."""
     title = " ".join(cmdline)
     if not title.startswith("ray::"):
         return None
     name = title[len("ray::"):].split(" ", 1)[0]
-    if name.startswith("MapWorker(") and name.endswith(")"):
-        name = name[len("MapWorker("):-1]
+    # an actor's title names the method it runs: "MapWorker(MapBatches(X)).submit" in a batch
+    actor = re.fullmatch(r"MapWorker\((.+)\)(\.\w+)?", name)
+    if actor:
+        name = actor.group(1)
     return name if "MapBatches(" in name or name.startswith("Read") else None
 
 
@@ -121,7 +124,8 @@ def main(argv=None) -> None:
     table(rows, ("operator", "declared", "Ray max USS", "sampled USS", "sampled RSS", "declared/obs", "in target"))
     warned = re.findall(r"Operator '([^']+)' used up to", log)
     print(f"Ray's high-memory warnings in the job's log: {warned or 'none'}")
-    save("memory_declared", {"samples": args.samples, "job": args.job, "sets": {**(SMALL_JOB if args.job == "small" else {}), **extra}, "operators": results,
+    # one results file per job: the scale runs' job and the demo's are both kept
+    save("memory_declared" if args.job == "small" else f"memory_declared-{args.job}", {"samples": args.samples, "job": args.job, "sets": {**(SMALL_JOB if args.job == "small" else {}), **extra}, "operators": results,
                              "ray_warnings": warned, "target": TARGET})
 
 

@@ -21,6 +21,8 @@ if str(REPO) not in sys.path:
 # models, so that 10^5..10^6 samples fit in minutes on 2 cores, while every stage still runs.
 SMALL_JOB = {
     "frames.min_pixels": 64 * 64, "frames.max_pixels": 64 * 64, "frames.crop_size": 64,
+    # the synthetic data's samples have one frame: the bound the memory declarations are sized by
+    "frames.max_frames": 1,
     # the transformers captioner with 8 new tokens: these runs measure the plumbing, not the model
     # (benchmarks/bench_caption.py measures vLLM)
     "models.captioner.backend": "transformers", "models.captioner.max_new_tokens": 8,

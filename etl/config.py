@@ -87,15 +87,22 @@ class CaptionerConfig(_Section):
         return self.max_new_tokens or answer_token_bound(self.caption_max_chars)
 
 
-class EncoderConfig(_Section):
-    model: str
+class EmbedderConfig(_Section):
+    # each encoder's defaults live on its own class: a section given in part (`--set
+    # models.vae.batch_size=16`) is validated from that part alone, not from a default instance
+    model: str = "models/tiny/clip"
     batch_size: int = Field(32, ge=1)
+
+
+class VaeConfig(_Section):
+    model: str = "models/tiny/vae"
+    batch_size: int = Field(8, ge=1)
 
 
 class ModelsConfig(_Section):
     captioner: CaptionerConfig = CaptionerConfig()
-    embedder: EncoderConfig = EncoderConfig(model="models/tiny/clip")
-    vae: EncoderConfig = EncoderConfig(model="models/tiny/vae", batch_size=8)
+    embedder: EmbedderConfig = EmbedderConfig()
+    vae: VaeConfig = VaeConfig()
     build_tiny_if_missing: bool = False  # only the demo/local config turns this on
 
 
@@ -115,7 +122,9 @@ class MaintenanceConfig(_Section):
 class SinkConfig(_Section):
     format: Literal["delta", "parquet"] = "delta"
     buckets: int = Field(16, ge=1, le=4096)
-    rows_per_write: int = Field(8192, ge=1)      # per write call; a file holds ~rows_per_write / buckets
+    # per write call; a file holds ~rows_per_write / buckets. A writer holds ~5x the batch (jobs.plan
+    # gives its memory): 2048 ten-frame rows at the default crop are ~360 MB
+    rows_per_write: int = Field(2048, ge=1)
     # A commit round (samples, quarantine, ledger) is made when any of these is reached:
     commit_every_shards: int = Field(8, ge=1)       # shards finished since the last round
     commit_every_minutes: float = Field(5.0, gt=0)  # time since the last round, with files pending
@@ -126,7 +135,7 @@ class SinkConfig(_Section):
 class DecodeResources(_Section):
     actors: Optional[int] = Field(None, ge=1)                 # None: as many as the CPUs left allow
     cpus_per_actor: Optional[float] = Field(None, gt=0, le=64)  # None: 1 (less on a very small machine)
-    memory_mb: int = Field(640, ge=64)  # measured peak ~480 MiB a 64 MiB batch (no torch in decode actors)
+    memory_mb: Optional[int] = Field(None, ge=64)  # None: from the pixel budget (etl.planner.memory)
 
 
 class CaptionerResources(_Section):

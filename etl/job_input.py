@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from etl.config import JobConfig, ReadConfig
 from etl.mds import ShardEntry
-from etl.planner.placement import READ_BLOCK_BYTES
+from etl.planner.memory import READ_BLOCK_BYTES
 from etl.planner.units import MIB
 from etl.sources.read_options import ReadOptions
 from etl.sources.read_tasks import ReadTasks

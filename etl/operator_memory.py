@@ -12,7 +12,6 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-RAY_HEADROOM = 1.25  # Ray Data's high-memory detector: declared < 1.25 x observed warns
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,15 @@ def test_defaults_fill_only_what_neither_the_file_nor_a_flag_sets(tmp_path):
     assert (config.input, config.output, config.sink.buckets, config.read.shards) == ("from-file", "default", 64, None)
 
 
+def test_a_section_given_in_part_keeps_its_other_defaults():
+    """An encoder's batch size alone, from a flag or a file, keeps that encoder's checkpoint."""
+    config = load_config(None, {"input": "in", "output": "out", "models.vae.batch_size": 16,
+                                "models.embedder.batch_size": 64})
+    assert (config.models.vae.model, config.models.vae.batch_size) == ("models/tiny/vae", 16)
+    assert (config.models.embedder.model, config.models.embedder.batch_size) == ("models/tiny/clip", 64)
+    assert load_config(None, {"input": "in", "output": "out"}).models.vae.batch_size == 8
+
+
 @pytest.mark.parametrize("yaml_text, message", [
     ("sink:\n  fromat: delta\n", "sink.fromat: unknown key; allowed keys: ['buckets', 'commit_every_files', 'commit_every_minutes', 'commit_every_shards', 'format', 'maintenance', 'rows_per_write']"),
     ("sink:\n  format: orc\n", "sink.format: Input should be 'delta' or 'parquet' (got 'orc')"),

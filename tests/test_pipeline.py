@@ -340,7 +340,7 @@ def test_a_run_leaves_its_tables_compacted_per_bucket_and_checkpointed(clean_and
         assert table.metadata().configuration == {"delta.checkpointInterval": "10"}
 
 
-def test_the_summary_gives_each_operators_declared_memory_beside_what_ray_saw_it_use(clean_and_all_broken_runs):
+def test_the_summary_gives_each_operators_declared_memory_beside_what_ray_saw_it_use(clean_and_all_broken_runs, tiny):
     from etl.pipeline import STAGES
 
     _, summaries = clean_and_all_broken_runs
@@ -353,7 +353,12 @@ def test_the_summary_gives_each_operators_declared_memory_beside_what_ray_saw_it
             assert 50 * 2**20 < entry["observed_max"] < 8 * 2**30, entry  # a worker's USS
         assert entry["ratio"] == (entry["declared"] / entry["observed_max"] if entry["declared"] and entry["samples"]
                                   else None), entry
-    assert memory["MapBatches(DecodeStage)"]["declared"] == 640 * 2**20  # resources.decode.memory_mb
+    # every operator declares, and the decode actors declare their pixel budget's modelled peak
+    assert all(entry["declared"] for entry in memory.values()), memory
+    from etl.planner import memory as memory_model
+
+    config = _config("unused", "unused", tiny, max_error_fraction=1.0)
+    assert memory["MapBatches(DecodeStage)"]["declared"] == memory_model.declared(memory_model.decode_peak(config))
 
 
 def _die(batch):

@@ -19,9 +19,22 @@ class ModelFootprint:
 
 
 @dataclass(frozen=True)
+class EncoderFootprint:
+    """The embedder and the VAE together (one actor owns both), from their checkpoints: what
+    sizes the encode stage's activations and the rows it adds."""
+
+    weights_bytes: int
+    embedder_pixels: int = 0      # the embedder's input, pixels per frame (its image_size squared)
+    embedding_dim: int = 0
+    vae_channels: int = 0         # the VAE encoder's first block: activations per pixel at full size
+    latent_channels: int = 0
+    latent_downscale: int = 1     # latents are 1/f of the frame's side
+
+
+@dataclass(frozen=True)
 class Footprints:
     captioner: ModelFootprint
-    encoders: ModelFootprint      # embedder and VAE together: one actor owns both
+    encoders: EncoderFootprint
 
 
 def request_tokens(config, footprint: ModelFootprint) -> int:
@@ -71,9 +84,21 @@ def captioner_footprint(uri: str) -> ModelFootprint:
     return ModelFootprint(weights, kv, factor, vision.get("temporal_patch_size", 1))
 
 
-def encoders_footprint(*uris: str) -> ModelFootprint:
-    return ModelFootprint(sum(size for uri in uris for name, size in _checkpoint_files(uri).items()
-                              if name.endswith(_WEIGHT_SUFFIXES)))
+def _weights(uri: str) -> int:
+    return sum(size for name, size in _checkpoint_files(uri).items() if name.endswith(_WEIGHT_SUFFIXES))
+
+
+def encoders_footprint(embedder_uri: str, vae_uri: str) -> EncoderFootprint:
+    """Weights from both checkpoints' files; the rest from their config.json files (CLIP or
+    SigLIP, diffusers AutoencoderKL), which `save_pretrained` always writes."""
+    weights = _weights(embedder_uri) + _weights(vae_uri)
+    embedder, vae = _read_json(embedder_uri, "config.json"), _read_json(vae_uri, "config.json")
+    vision = embedder.get("vision_config", embedder)
+    blocks = vae.get("block_out_channels") or [0]
+    return EncoderFootprint(weights, embedder_pixels=int(vision.get("image_size", 224)) ** 2,
+                            embedding_dim=int(embedder.get("projection_dim") or vision.get("hidden_size", 0)),
+                            vae_channels=int(blocks[0]), latent_channels=int(vae.get("latent_channels", 4)),
+                            latent_downscale=2 ** (len(blocks) - 1))
 
 
 def footprints_of(config) -> Footprints:

@@ -10,7 +10,8 @@ decode actors in what is left -> whole-node checks.
 Estimates are honest upper bounds from the checkpoints and the input index:
   engine GPU memory  = weights / TP + KV cache of one max_model_len request / TP + activations
   engine host memory = weights (loaded through host RAM) + vLLM's multimodal cache + runtime
-  read task memory   = the task's largest shard (the reader holds one shard) + its output blocks
+Host memory of every other unit (and of a vLLM engine on a CPU node) comes from `memory`'s
+measured models, declared with Ray's headroom.
 """
 
 import math
@@ -18,22 +19,17 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 from etl.planner.clusters import NodeType, accelerator_memory
+from etl.planner import memory
 from etl.planner.footprints import Footprints, ModelFootprint, request_tokens
 from etl.planner.units import GIB, MIB, PlanError, gib
 from etl.sources.read_tasks import ReadTasks
 
 TASK_CPUS = 0.1             # read, prepare and write tasks: light Arrow work
-READ_BLOCK_BYTES = 16 * MIB  # encoded bytes per read block: small enough to pipeline
 BIG_READ_TASK_BYTES = GIB    # past this, a read task is a long unsplittable unit of work
 ENGINE_RUNTIME_BYTES = 3 * GIB      # per vLLM engine process: CUDA context, torch, tokenizer, scheduler
 GPU_ACTIVATION_BYTES = 2 * GIB      # vLLM's profiled activations and CUDA graphs beside weights and KV
-CPU_MODEL_HEADROOM_BYTES = 1 * GIB  # interpreter, torch/transformers, one batch of activations
-# A vLLM engine on a CPU node, beside its weights, KV cache and multimodal cache: the actor, the
-# engine-core process and the worker process each import torch and vLLM. Measured: 3.3 GiB RSS
-# over the three with the tiny Qwen3-VL (1.0 + 1.1 + 1.2 GiB, after captioning).
-VLLM_CPU_RUNTIME_BYTES = 4 * GIB
 KV_BLOCK_TOKENS = 128               # vLLM allocates KV in blocks: a request's last one is partly empty
-ENCODER_ACTIVATION_BYTES = 1 * GIB  # one encoder batch on the GPU
+ENCODER_ACTIVATION_BYTES = 1 * GIB  # one encoder batch on the GPU (not measured: no GPU here)
 
 
 @dataclass(frozen=True)
@@ -63,6 +59,7 @@ class Plan:
     decode_cpus: float
     decode_memory: int
     writers: int             # write actors, one per encoder actor: they take its output
+    write_memory: int
     task_cpus: float
     read_tasks: int
     shards: int
@@ -94,7 +91,8 @@ class Plan:
             f"  encoders: {self.encoders} x [{self.encoder_cpus:g} CPU, {self.encoder_gpus:g} GPU, "
             f"{gib(self.encoder_memory)} RAM]",
             f"  decode: {self.decode_actors} x [{self.decode_cpus:g} CPU, {gib(self.decode_memory)} RAM]",
-            f"  write: {self.writers} x [{self.task_cpus:g} CPU] (actors, inside the task room)",
+            f"  write: {self.writers} x [{self.task_cpus:g} CPU, {gib(self.write_memory)} RAM] (actors, inside the "
+            "task room)",
             f"  read: {self.shards} shards in {self.read_tasks} tasks, up to {self.shards_per_task} shard(s) and "
             f"{gib(self.read_task_bytes)} per task; {gib(self.read_task_memory)} RAM per task "
             f"[{self.task_cpus:g} CPU each]",
@@ -114,8 +112,16 @@ class UnitNeeds:
     encoder_memory: int
     encoder_gpu_memory: int
     decode_memory: int
+    read_task_memory: int
+    write_memory: int
     kv_cache_bytes: Optional[int]  # a CPU-node engine's KV cache
     tokens: int                    # of the longest request
+
+    @property
+    def encoder_with_writer(self) -> int:
+        """An encoder actor and the write actor that takes its output (one each), counted on
+        the encoder's node."""
+        return self.encoder_memory + self.write_memory
 
 
 @dataclass(frozen=True)
@@ -135,12 +141,10 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, read_tasks: 
     _check_request_length(config, tokens, problems)
     total_cpus = sum(n.cpus * n.count for n in nodes)
     _check_read_tasks(read_tasks, total_cpus, problems)
-    read_task_memory = read_tasks.largest_shard_bytes + 3 * READ_BLOCK_BYTES
-    needs = unit_needs(config, footprints, tokens, nodes[0], use_gpus, problems)
+    needs = unit_needs(config, footprints, tokens, nodes[0], use_gpus, read_tasks, problems)
     node_plans, sharing = [], False
     for node in nodes:
-        placed, shares = _models_on_node(node, config, footprints.captioner, needs, read_task_memory, use_gpus,
-                                         problems)
+        placed, shares = _models_on_node(node, config, footprints.captioner, needs, use_gpus, problems)
         node_plans.append(placed)
         sharing = sharing or shares
     if not use_gpus:  # CPU-only: one captioner and one encoder actor, on the first node with room
@@ -155,9 +159,10 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, read_tasks: 
         engine_gpus=totals.engine_gpus, engine_memory=needs.engine_memory, engine_gpu_memory=needs.engine_gpu_memory,
         encoders=totals.encoders, encoder_cpus=needs.encoder_cpus, encoder_gpus=totals.encoder_gpus,
         encoder_memory=needs.encoder_memory, decode_actors=decode_total, decode_cpus=per_actor,
-        decode_memory=needs.decode_memory, writers=max(1, totals.encoders), task_cpus=TASK_CPUS,
+        decode_memory=needs.decode_memory, writers=max(1, totals.encoders), write_memory=needs.write_memory,
+        task_cpus=TASK_CPUS,
         read_tasks=len(read_tasks), shards=len(read_tasks.shards), shards_per_task=read_tasks.most_shards_per_task,
-        read_task_bytes=read_tasks.largest_task_bytes, read_task_memory=read_task_memory, request_tokens=tokens,
+        read_task_bytes=read_tasks.largest_task_bytes, read_task_memory=needs.read_task_memory, request_tokens=tokens,
         kv_cache_bytes=needs.kv_cache_bytes, engine_cores=int(needs.engine_cpus) if needs.kv_cache_bytes else 0,
         nodes=placed, notes=_notes(config, footprints.captioner, needs, nodes, use_gpus))
 
@@ -204,31 +209,34 @@ def engine_gpu_need(config, footprint: ModelFootprint, tensor_parallel: int) -> 
 
 
 def unit_needs(config, footprints: Footprints, tokens: int, first_node: NodeType, use_gpus: bool,
-               problems: list[str]) -> UnitNeeds:
+               read_tasks: ReadTasks, problems: list[str]) -> UnitNeeds:
     settings, wanted = config.models.captioner, config.resources
     cap, enc = footprints.captioner, footprints.encoders
-    encoder_memory = enc.weights_bytes + CPU_MODEL_HEADROOM_BYTES
-    decode_memory = wanted.decode.memory_mb * MIB
+    data = {"encoder_memory": memory.declared(memory.encoder_peak(config, enc, on_gpu=use_gpus)),
+            "decode_memory": (wanted.decode.memory_mb * MIB if wanted.decode.memory_mb
+                              else memory.declared(memory.decode_peak(config))),
+            "read_task_memory": memory.declared(memory.read_task_peak(read_tasks.largest_shard_bytes)),
+            "write_memory": memory.declared(memory.write_peak(config, enc)), "tokens": tokens}
     if use_gpus:
         return UnitNeeds(
             engine_cpus=wanted.captioner.cpus_per_engine or 4.0,
             engine_memory=cap.weights_bytes + int(settings.mm_cache_gb * GIB) + ENGINE_RUNTIME_BYTES,
             engine_gpu_memory=engine_gpu_need(config, cap, settings.tensor_parallel_size),
-            encoder_cpus=wanted.encoder.cpus_per_actor or 1.0, encoder_memory=encoder_memory,
-            encoder_gpu_memory=enc.weights_bytes + ENCODER_ACTIVATION_BYTES, decode_memory=decode_memory,
-            kv_cache_bytes=None, tokens=tokens)
+            encoder_cpus=wanted.encoder.cpus_per_actor or 1.0,
+            encoder_gpu_memory=enc.weights_bytes + ENCODER_ACTIVATION_BYTES, kv_cache_bytes=None, **data)
     engine_cpus, engine_memory, kv_cache_bytes = cpu_engine_needs(config, cap, tokens, first_node, problems)
     return UnitNeeds(engine_cpus=engine_cpus, engine_memory=engine_memory, engine_gpu_memory=0,
-                     encoder_cpus=wanted.encoder.cpus_per_actor or 0.4, encoder_memory=encoder_memory,
-                     encoder_gpu_memory=0, decode_memory=decode_memory, kv_cache_bytes=kv_cache_bytes, tokens=tokens)
+                     encoder_cpus=wanted.encoder.cpus_per_actor or 0.4, encoder_gpu_memory=0,
+                     kv_cache_bytes=kv_cache_bytes, **data)
 
 
-def _models_on_node(node: NodeType, config, footprint: ModelFootprint, needs: UnitNeeds, read_task_memory: int,
-                    use_gpus: bool, problems: list[str]) -> tuple[NodePlan, bool]:
+def _models_on_node(node: NodeType, config, footprint: ModelFootprint, needs: UnitNeeds, use_gpus: bool,
+                    problems: list[str]) -> tuple[NodePlan, bool]:
     """(the node with its task room, engines and encoders; whether its encoders share the engines' GPUs)."""
     room = max(0.5, round(0.05 * node.cpus, 1))  # CPUs kept for read/prepare/write tasks
     slots = max(1, int(room / TASK_CPUS))
-    reserved_memory = slots * read_task_memory  # per slot: a read task is the biggest of the three kinds
+    # per slot: a read task fused with prepare (the writers are counted beside their encoders)
+    reserved_memory = slots * needs.read_task_memory
     tp = config.models.captioner.tensor_parallel_size
     engines = encoders = 0
     sharing = False
@@ -327,7 +335,7 @@ def _place_decode(node_plans: list[NodePlan], config, needs: UnitNeeds, totals: 
     free = []
     for p in node_plans:
         used_cpus = p.cpus_used + p.engines * needs.engine_cpus + p.encoders * needs.encoder_cpus
-        used_memory = p.memory_bytes + p.engines * needs.engine_memory + p.encoders * needs.encoder_memory
+        used_memory = p.memory_bytes + p.engines * needs.engine_memory + p.encoders * needs.encoder_with_writer
         free.append((p, p.node_type.cpus - used_cpus, p.node_type.memory_bytes - used_memory))
     per_actor = wanted.cpus_per_actor
     if per_actor is None:
@@ -356,7 +364,7 @@ def _place_decode(node_plans: list[NodePlan], config, needs: UnitNeeds, totals: 
                               cpus_used=round(p.cpus_used + p.engines * needs.engine_cpus
                                               + p.encoders * needs.encoder_cpus + here * per_actor, 2),
                               memory_bytes=p.memory_bytes + p.engines * needs.engine_memory
-                              + p.encoders * needs.encoder_memory + here * needs.decode_memory))
+                              + p.encoders * needs.encoder_with_writer + here * needs.decode_memory))
     return placed, per_actor, total
 
 
@@ -404,10 +412,10 @@ def cpu_engine_needs(config, footprint: ModelFootprint, tokens: int, node: NodeT
     cores (None: half the node's); the transformers backend shares what it is given."""
     settings, asked = config.models.captioner, config.resources.captioner.cpus_per_engine
     if settings.backend != "vllm":
-        return asked or 0.4, footprint.weights_bytes + CPU_MODEL_HEADROOM_BYTES, None
+        return asked or 0.4, memory.declared(memory.transformers_captioner_peak(config, footprint, tokens)), None
     cpus = asked or max(1.0, float(node.cpus // 2))
     if cpus < 1 or cpus != int(cpus):
         problems.append(f"resources.captioner.cpus_per_engine={cpus:g}: a vLLM engine on a CPU node binds its "
                         "threads to whole cores; set a whole number >= 1")
     kv = cpu_kv_cache_bytes(settings, footprint, tokens)
-    return cpus, footprint.weights_bytes + kv + int(settings.mm_cache_gb * GIB) + VLLM_CPU_RUNTIME_BYTES, kv
+    return cpus, memory.declared(memory.vllm_cpu_peak(config, footprint, kv)), kv

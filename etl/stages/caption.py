@@ -11,18 +11,14 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
+from etl.batch_sizes import caption_batch_rows
 from etl.config import JobConfig
 from etl.stages import rows
 from etl.stages.stage import Resources, RunContext, Step
 from etl.transforms.frames import pixel_views
 
-CAPTION_CALLS_PER_BATCH = 4  # captioner calls per caption-stage batch
 _RESULT_COLUMNS = ((rows.CAPTION, "caption"), (rows.QUALITY, "quality"), (rows.AESTHETICS, "aesthetics"),
                    (rows.CAPTION_PARSE_ERROR, "parse_error"))
-
-
-def caption_batch_rows(config: JobConfig) -> int:
-    return config.models.captioner.batch_size * CAPTION_CALLS_PER_BATCH
 
 
 def caption_batches_per_actor(config: JobConfig) -> int:

@@ -7,15 +7,13 @@ from typing import Optional
 
 import pyarrow as pa
 
+from etl.batch_sizes import decode_batch_rows
 from etl.config import JobConfig
 from etl.cpu_cores import keep_off_engine_cores
 from etl.stages import rows
-from etl.stages.caption import caption_batch_rows
 from etl.stages.previews import PreviewRows, preview_column
 from etl.stages.stage import Resources, RunContext, Step
-from etl.transforms.frames import Frame, FrameError, FrameSpec, decode_sample, pixel_bytes_per_frame, view_lists
-
-_DECODE_BUDGET_BYTES = 64 << 20  # decoded pixels per decode batch
+from etl.transforms.frames import Frame, FrameError, FrameSpec, decode_sample, view_lists
 
 
 def frame_spec(config: JobConfig, encoders_on_gpu: bool = True) -> FrameSpec:
@@ -23,15 +21,6 @@ def frame_spec(config: JobConfig, encoders_on_gpu: bool = True) -> FrameSpec:
     return FrameSpec(min_pixels=frames.min_pixels, max_pixels=frames.max_pixels, crop_size=frames.crop_size,
                      max_image_pixels=frames.max_image_pixels, use_draft=frames.use_draft,
                      max_frames=frames.max_frames, crops_on_cpu=not encoders_on_gpu)
-
-
-def decode_batch_rows(config: JobConfig) -> int:
-    """Samples per decode batch: at most _DECODE_BUDGET_BYTES of decoded pixels, and no more than
-    one caption-stage batch. Ray Data never splits a block and an actor task emits its output
-    only once it fills a block (128 MiB) or ends: one decode batch of a whole small-frame shard
-    became one caption task whose captions all reached the encoders at once, after the last."""
-    per_frame = pixel_bytes_per_frame(frame_spec(config))
-    return max(1, min(_DECODE_BUDGET_BYTES // (config.frames.max_frames * per_frame), caption_batch_rows(config)))
 
 
 class DecodeStage:

@@ -43,7 +43,8 @@ class WriteStage:
         return Step(cls, (config.output, run.schemas, run.run_id, names), tuple(dict.fromkeys(reads)),
                     dict(zip(rows.MESSAGE_SCHEMA.names, rows.MESSAGE_SCHEMA.types)),
                     # one writer per encoder actor: they take its output
-                    Resources(cpus=plan.task_cpus, actors=plan.writers, batch_rows=config.sink.rows_per_write),
+                    Resources(cpus=plan.task_cpus, memory=plan.write_memory, actors=plan.writers,
+                              batch_rows=config.sink.rows_per_write),
                     replaces_row=True)
 
     def __init__(self, output: str, schemas: dict, run_id: str, model_names: dict[str, str]):

@@ -186,9 +186,10 @@ def decode_sample(frames: Sequence[bytes], spec: FrameSpec) -> list[Frame]:
 PIXEL_VIEW_TYPE = pa.struct([("height", pa.int32()), ("width", pa.int32()), ("pixels", pa.large_binary())])
 
 
-def pixel_bytes_per_frame(spec: FrameSpec) -> int:
-    """Upper bound of decoded bytes one frame adds to a batch (for batch sizing)."""
-    return 3 * (spec.max_pixels + spec.crop_size ** 2)
+def pixel_bytes_per_frame(max_pixels: int, crop_size: int) -> int:
+    """Upper bound of decoded bytes one frame adds to a batch: the captioner's view and, where
+    the encoders cannot cut it on their device, the centre crop (3 bytes a pixel)."""
+    return 3 * (max_pixels + crop_size ** 2)
 
 
 def view_lists(rows: Sequence[Sequence[Optional[np.ndarray]]]) -> pa.ListArray:

@@ -5,11 +5,13 @@ import pytest
 from etl import planner
 from etl.config import load_config
 from etl.job_input import assumed_read_tasks
-from etl.planner import GIB, Footprints, ModelFootprint, NodeType, PlanError
+from etl.planner import GIB, EncoderFootprint, Footprints, ModelFootprint, NodeType, PlanError, memory
 
 # Qwen3-VL-8B-like: 17.5 GB of bf16 weights; 36 layers x 8 KV heads x 128 dims; 32 px per token side
 QWEN_8B = ModelFootprint(int(17.5e9), 2 * 36 * 8 * 128 * 2, 32, 2)
-ENCODERS = ModelFootprint(int(1.0e9))  # SigLIP-so400m + SD VAE
+# SigLIP-so400m (384 px, 1152 wide) + the SD VAE (128 channels first, 4 latent channels at 1/8)
+ENCODERS = EncoderFootprint(int(1.0e9), embedder_pixels=384 * 384, embedding_dim=1152, vae_channels=128,
+                            latent_channels=4, latent_downscale=8)
 FIELD_SHARDS = [266_000_000] * 966
 
 
@@ -68,7 +70,8 @@ def test_field_report_16_read_tasks_for_966_shards_of_266_mb_is_refused_and_defa
                      Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
     plan = plan_of(nodes, production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS)
     assert (plan.read_tasks, plan.shards_per_task) == (966, 1)
-    assert plan.read_task_memory == 266_000_000 + 3 * planner.READ_BLOCK_BYTES  # one shard + its blocks
+    # one shard, the blocks cut from it and the worker, with Ray's headroom
+    assert plan.read_task_memory == memory.declared(memory.DATA_WORKER_BYTES + 266_000_000 + 2 * planner.READ_BLOCK_BYTES)
     description = plan.describe()
     assert "966 shards in 966 tasks" in description and "cpu" in description and "4xL40S" in description
 
@@ -124,16 +127,18 @@ def test_vllm_on_a_cpu_node_binds_whole_cores_and_declares_its_kv_cache():
     assert (plan.backend, plan.engines, plan.engine_gpus, plan.engine_cpus, plan.engine_cores) == ("vllm", 1, 0, 32, 32)
     per_request = -(-plan.request_tokens // 128) * 128  # whole KV blocks
     assert plan.kv_cache_bytes == QWEN_8B.kv_bytes_per_token * 64 * per_request  # max_num_seqs requests
-    assert plan.engine_memory == QWEN_8B.weights_bytes + plan.kv_cache_bytes + 4 * GIB + planner.VLLM_CPU_RUNTIME_BYTES
+    assert plan.engine_memory == memory.declared(QWEN_8B.weights_bytes + plan.kv_cache_bytes + 4 * GIB  # mm cache
+                                                 + planner.VLLM_CPU_RUNTIME_BYTES)
     assert plan.decode_actors == int(64 - 32 - 0.4 - plan.nodes[0].task_slots * 0.1)
     assert "of it KV cache" in plan.describe() and any("KV cache" in note for note in plan.notes)
     with pytest.raises(PlanError, match="cpus_per_engine=2.5: a vLLM engine on a CPU node binds its threads to whole"):
         plan_of([node], production(**{"resources.captioner.cpus_per_engine": 2.5}),
                      Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
-    # 64 sequences of ~4K tokens of an 8B model's KV do not fit beside its weights in 64 GiB
+    # 64 sequences of ~4K tokens of an 8B model's KV (30 GiB) do not fit beside its weights in 96 GiB;
+    # 4 do, with the encoders, a writer and 32 read tasks of one 266 MB shard each beside them
     with pytest.raises(PlanError, match="what is placed declares"):
-        plan_of([gib_node("cpu", 64, 64)], production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
-    smaller = plan_of([gib_node("cpu", 64, 64)], production(**{"models.captioner.max_num_seqs": 4}),
+        plan_of([gib_node("cpu", 64, 96)], production(), Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
+    smaller = plan_of([gib_node("cpu", 64, 96)], production(**{"models.captioner.max_num_seqs": 4}),
                            Footprints(QWEN_8B, ENCODERS), FIELD_SHARDS[:64])
     assert smaller.kv_cache_bytes < plan.kv_cache_bytes // 10
 
