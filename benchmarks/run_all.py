@@ -23,6 +23,7 @@ BENCHMARKS = {
     "pipeline": ("bench_pipeline.py", ["--samples", "10000"], ["--samples", "1000"]),
     "caption": ("bench_caption.py", ["--samples", "384"], ["--samples", "64", "--ray-data-llm-timeout", "120"]),
     "memory": ("bench_memory.py", ["--sizes", "10000", "100000"], ["--sizes", "1000", "3000"]),
+    "memory_declared": ("bench_memory_declared.py", ["--samples", "10000"], ["--samples", "1000"]),
     "resume": ("bench_resume.py", ["--samples", "1200"], ["--samples", "240"]),
     "encoders": ("bench_encoders.py", ["--frames", "256"], ["--frames", "32", "--batch-sizes", "16"]),
 }

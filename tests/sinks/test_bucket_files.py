@@ -96,3 +96,31 @@ def test_rows_that_do_not_conform_write_no_file(tmp_path):
         write_bucket_files(bad, quarantine_schema(), uri, "r")
     assert not DeltaTable.is_deltatable(uri)
     assert not [p for p in tmp_path.rglob("*.parquet")]
+
+
+def test_float_tensors_are_written_without_a_dictionary_and_the_ids_with_one(tmp_path):
+    """Embeddings and latents never repeat: a dictionary for them is built only to be dropped
+    (Parquet's builder held ~70 MiB for 2 MB of 10-frame latents). Ids and strings keep theirs."""
+    import pyarrow.parquet as pq
+
+    from tests.samples_tables import SCHEMA, sample_rows
+
+    rows = sample_rows(shard=3, count=40)
+    files = write_bucket_files(rows, SCHEMA, str(tmp_path / "samples"), "t")
+    assert files and sum(f["rows"] for f in files) == 40
+    metadata = pq.ParquetFile(tmp_path / "samples" / files[0]["path"]).metadata
+    encodings = {metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i).encodings
+                 for i in range(metadata.num_columns)}
+    tensors = [path for path in encodings if path.split(".")[0] in ("embedding", "frame_embeddings", "latents")]
+    assert tensors and all("PLAIN_DICTIONARY" not in encodings[p] and "RLE_DICTIONARY" not in encodings[p]
+                           for p in tensors), encodings
+    assert {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & set(encodings["sample_id"]), encodings
+    # and the tensors read back exactly as written
+    import pyarrow.compute as pc
+
+    from schemas.tables import to_storage
+
+    back = pq.read_table(tmp_path / "samples" / files[0]["path"])
+    written = to_storage(rows).filter(pc.equal(rows.column("bucket"), files[0]["bucket"]))
+    for name in ("sample_id", "embedding", "frame_embeddings", "latents"):
+        assert back.column(name).to_pylist() == written.column(name).to_pylist(), name
