@@ -132,22 +132,48 @@ class ModelTotals:
     encoder_gpus: float          # per encoder actor
 
 
+class _NoGpuHoldsAnEngine(Exception):
+    def __init__(self, reasons: list[str]):
+        super().__init__(reasons)
+        self.reasons = reasons
+
+
 def plan(nodes: Sequence[NodeType], config, footprints: Footprints, read_tasks: ReadTasks) -> Plan:
-    """Place the job's stages on `nodes`, or raise PlanError naming every problem and its fix."""
-    problems: list[str] = []
+    """Place the job's stages on `nodes`, or raise PlanError naming every problem and its fix.
+    GPU nodes hold the engines and encoders; where none can hold an engine and the cluster has
+    CPU nodes, they run on CPU nodes as on a cluster without GPUs (said in the plan's notes), so
+    a GPU node that joins never turns a plan that fits into a refusal."""
     nodes = _usable_nodes(nodes, config)
     use_gpus = any(n.gpus >= config.models.captioner.tensor_parallel_size for n in nodes)
+    try:
+        return _plan(nodes, config, footprints, read_tasks, use_gpus)
+    except _NoGpuHoldsAnEngine as refused:
+        return _plan(nodes, config, footprints, read_tasks, False,
+                     [f"no GPU node holds an engine, so the captioner and encoders run on CPU nodes: {reason}"
+                      for reason in refused.reasons])
+
+
+def _plan(nodes: list[NodeType], config, footprints: Footprints, read_tasks: ReadTasks, use_gpus: bool,
+          gpu_notes: Sequence[str] = ()) -> Plan:
+    problems: list[str] = []
     tokens = request_tokens(config, footprints.captioner)
     _check_request_length(config, tokens, problems)
     total_cpus = sum(n.cpus * n.count for n in nodes)
     _check_read_tasks(read_tasks, total_cpus, problems)
+    if not use_gpus:  # the one captioner and encoder go on one node, whatever order the nodes come in
+        nodes = _cpu_model_host_first(nodes, config, footprints, tokens, read_tasks)
     needs = unit_needs(config, footprints, tokens, nodes[0], use_gpus, read_tasks, problems)
-    node_plans, sharing = [], False
+    node_plans, sharing, misses = [], False, {"engines": [], "encoders": []}
     for node in nodes:
-        placed, shares = _models_on_node(node, config, footprints.captioner, needs, use_gpus, problems)
+        placed, shares = _models_on_node(node, config, footprints.captioner, needs, use_gpus, problems, misses)
         node_plans.append(placed)
         sharing = sharing or shares
-    if not use_gpus:  # CPU-only: one captioner and one encoder actor, on the first node with room
+    if use_gpus and not any(p.engines for p in node_plans) and any(n.gpus == 0 for n in nodes):
+        raise _NoGpuHoldsAnEngine(misses["engines"])
+    for kind, reasons in misses.items():  # a node type without engines (encoders) matters only when none has any
+        if use_gpus and not any(getattr(p, kind) for p in node_plans):
+            problems.extend(reasons)
+    if not use_gpus:  # CPU-only: one captioner and one encoder actor, on the host node
         node_plans[0] = replace(node_plans[0], engines=1, encoders=1)
     totals = _model_totals(node_plans, config, use_gpus, sharing, problems)
     placed, per_actor, decode_total = _place_decode(node_plans, config, needs, totals, total_cpus, problems)
@@ -164,7 +190,8 @@ def plan(nodes: Sequence[NodeType], config, footprints: Footprints, read_tasks: 
         read_tasks=len(read_tasks), shards=len(read_tasks.shards), shards_per_task=read_tasks.most_shards_per_task,
         read_task_bytes=read_tasks.largest_task_bytes, read_task_memory=needs.read_task_memory, request_tokens=tokens,
         kv_cache_bytes=needs.kv_cache_bytes, engine_cores=int(needs.engine_cpus) if needs.kv_cache_bytes else 0,
-        nodes=placed, notes=_notes(config, footprints.captioner, needs, nodes, use_gpus))
+        nodes=placed, notes=[*gpu_notes, *_notes(config, footprints.captioner, needs, nodes, use_gpus),
+                             *misses["engines"], *misses["encoders"]])
 
 
 def _usable_nodes(nodes: Sequence[NodeType], config) -> list[NodeType]:
@@ -230,39 +257,73 @@ def unit_needs(config, footprints: Footprints, tokens: int, first_node: NodeType
                      kv_cache_bytes=kv_cache_bytes, **data)
 
 
+def task_room(node: NodeType, read_task_memory: int) -> tuple[float, int]:
+    """(CPUs a node keeps for read, prepare and write tasks, the read tasks that fit in them and
+    in its RAM: a node short of RAM runs fewer, or none, rather than refusing the plan)."""
+    room = max(0.5, round(0.05 * node.cpus, 1))
+    return room, min(max(1, int(room / TASK_CPUS)), node.memory_bytes // max(read_task_memory, 1))
+
+
+def _cpu_model_host_first(nodes: list[NodeType], config, footprints: Footprints, tokens: int,
+                          read_tasks: ReadTasks) -> list[NodeType]:
+    """The nodes with the one that hosts a CPU-only cluster's captioner and encoder first, as a
+    type of its own (count 1): the node where both fit best beside its task room (RAM first,
+    then CPUs), the one with the most CPUs (then RAM, then name) among equals. The choice does
+    not depend on the order the cluster lists its nodes, and a node added can only offer a
+    better host: a plan that fits keeps fitting as nodes join."""
+    def misfit(node: NodeType) -> tuple[bool, bool]:
+        """(the models' RAM does not fit beside the task room, their CPUs do not)."""
+        needs = unit_needs(config, footprints, tokens, node, False, read_tasks, [])
+        room, slots = task_room(node, needs.read_task_memory)
+        memory = needs.engine_memory + needs.encoder_with_writer + slots * needs.read_task_memory
+        return memory > node.memory_bytes, needs.engine_cpus + needs.encoder_cpus + room > node.cpus
+
+    host = min(nodes, key=lambda n: (*misfit(n), -n.cpus, -n.memory_bytes, n.name))
+    rest = [n for n in nodes if n is not host]
+    if host.count > 1:
+        rest.insert(0, replace(host, count=host.count - 1))
+    return [replace(host, count=1), *rest]
+
+
 def _models_on_node(node: NodeType, config, footprint: ModelFootprint, needs: UnitNeeds, use_gpus: bool,
-                    problems: list[str]) -> tuple[NodePlan, bool]:
-    """(the node with its task room, engines and encoders; whether its encoders share the engines' GPUs)."""
-    room = max(0.5, round(0.05 * node.cpus, 1))  # CPUs kept for read/prepare/write tasks
-    slots = max(1, int(room / TASK_CPUS))
+                    problems: list[str], misses: dict[str, list[str]]) -> tuple[NodePlan, bool]:
+    """(the node with its task room, engines and encoders; whether its encoders share the engines' GPUs).
+    Why a GPU node holds no engine or no encoder goes to `misses`: other nodes may hold them."""
+    room, slots = task_room(node, needs.read_task_memory)
     # per slot: a read task fused with prepare (the writers are counted beside their encoders)
     reserved_memory = slots * needs.read_task_memory
     tp = config.models.captioner.tensor_parallel_size
     engines = encoders = 0
     sharing = False
     if use_gpus and node.gpus >= tp:
-        engines = _engines_on_gpu_node(node, config, footprint, needs, room, reserved_memory, problems)
-        encoders, sharing = _encoders_beside_engines(node, config, needs, engines, problems)
+        engines = _engines_on_gpu_node(node, config, footprint, needs, room, reserved_memory, problems,
+                                       misses["engines"])
+        memory_left = node.memory_bytes - reserved_memory - engines * needs.engine_memory
+        encoders, sharing = _encoders_beside_engines(node, config, needs, engines, memory_left, misses["encoders"])
     return NodePlan(node, engines, encoders, 0, slots, reserved_memory, room), sharing
 
 
 def _engines_on_gpu_node(node: NodeType, config, footprint: ModelFootprint, needs: UnitNeeds, room: float,
-                         reserved_memory: int, problems: list[str]) -> int:
+                         reserved_memory: int, problems: list[str], misses: list[str]) -> int:
     settings, wanted = config.models.captioner, config.resources
     tp = settings.tensor_parallel_size
     gpu_memory = accelerator_memory(node.accelerator, wanted.gpu_memory_gb)
     given = int(settings.gpu_memory_utilization * gpu_memory)
     if needs.engine_gpu_memory > given:
         need_tp = next((t for t in (2, 4, 8) if t > tp and engine_gpu_need(config, footprint, t) <= given), None)
-        problems.append(
+        (problems if wanted.captioner.engines_per_node else misses).append(
             f"{node.name}: one engine needs {gib(needs.engine_gpu_memory)} per GPU (weights, KV for "
             f"max_model_len={settings.max_model_len}, activations) but gets {settings.gpu_memory_utilization} "
             f"x {gib(gpu_memory)} = {gib(given)}: "
             + (f"set models.captioner.tensor_parallel_size={need_tp}" if need_tp and need_tp <= node.gpus
                else "use GPUs with more memory") + " or lower max_model_len")
+        if not wanted.captioner.engines_per_node:
+            return 0
     limits = {"GPUs": node.gpus // tp, "RAM": int((node.memory_bytes - reserved_memory) // max(needs.engine_memory, 1)),
               "CPUs": int((node.cpus - room) // needs.engine_cpus)}
     fit = max(0, min(limits.values()))
+    while fit and not _engines_with_sharers_fit(node, needs, fit, tp, reserved_memory):
+        fit -= 1
     engines = wanted.captioner.engines_per_node or fit
     if engines > fit:
         limit = min(limits, key=limits.get)
@@ -273,32 +334,47 @@ def _engines_on_gpu_node(node: NodeType, config, footprint: ModelFootprint, need
             f"actors): set engines_per_node to {max(fit, 1)} or use a bigger node")
         engines = fit
     if fit == 0 and not wanted.captioner.engines_per_node:
-        problems.append(f"{node.name}: not one engine fits (GPUs {limits['GPUs']}, RAM {limits['RAM']}, CPUs "
+        misses.append(f"{node.name}: not one engine fits (GPUs {limits['GPUs']}, RAM {limits['RAM']}, CPUs "
                         f"{limits['CPUs']}; each engine needs {gib(needs.engine_memory)} RAM and "
                         f"{needs.engine_cpus:g} CPUs)")
     return engines
 
 
-def _encoders_beside_engines(node: NodeType, config, needs: UnitNeeds, engines: int,
-                             problems: list[str]) -> tuple[int, bool]:
+def _engines_with_sharers_fit(node: NodeType, needs: UnitNeeds, engines: int, tp: int, reserved_memory: int) -> bool:
+    """Whether `engines` fit the node's RAM with the encoders (and their writers) that go with
+    them: one sharing each engine's GPU when no GPU is spare, else one on a spare GPU. A node
+    whose engines leave no room for an encoder would need encoders from elsewhere."""
+    spare = node.gpus - engines * tp
+    encoders = 1 if spare >= 1 else engines if tp == 1 else 0
+    return engines * needs.engine_memory + encoders * needs.encoder_with_writer <= node.memory_bytes - reserved_memory
+
+
+def _encoders_beside_engines(node: NodeType, config, needs: UnitNeeds, engines: int, memory_left: int,
+                             misses: list[str]) -> tuple[int, bool]:
     """(encoder actors on the node, whether they share the engines' GPUs): spare GPUs each get
-    one; with none spare, one shares each single-GPU engine's GPU."""
+    one, as far as the RAM the engines leave holds them; with none spare, one shares each
+    single-GPU engine's GPU."""
     settings = config.models.captioner
     tp = settings.tensor_parallel_size
     spare_gpus = node.gpus - engines * tp
     if spare_gpus >= 1:
-        return spare_gpus, False
+        encoders = min(spare_gpus, max(0, memory_left // needs.encoder_with_writer))
+        if not encoders:
+            misses.append(f"{node.name}: no encoder fits beside its engines ({gib(max(memory_left, 0))} RAM left, "
+                          f"each encoder with its writer needs {gib(needs.encoder_with_writer)})")
+        return encoders, False
     if tp == 1 and engines:
         gpu_memory = accelerator_memory(node.accelerator, config.resources.gpu_memory_gb)
         if needs.encoder_gpu_memory > gpu_memory - int(settings.gpu_memory_utilization * gpu_memory):
-            problems.append(
+            misses.append(
                 f"{node.name}: the encoders need {gib(needs.encoder_gpu_memory)} beside each engine but "
                 f"{1 - settings.gpu_memory_utilization:.2f} x {gib(gpu_memory)} is left: lower "
                 f"models.captioner.gpu_memory_utilization to <= "
                 f"{math.floor(100 * (1 - needs.encoder_gpu_memory / gpu_memory)) / 100}")
+            return 0, False
         return engines, True
     if engines:
-        problems.append(f"{node.name}: {engines} engine(s) of tensor_parallel_size={tp} take all {node.gpus} "
+        misses.append(f"{node.name}: {engines} engine(s) of tensor_parallel_size={tp} take all {node.gpus} "
                         f"GPUs and leave none for the encoders: set resources.captioner.engines_per_node="
                         f"{engines - 1}" if engines > 1 else "use nodes with a spare GPU")
     return 0, False
@@ -339,8 +415,11 @@ def _place_decode(node_plans: list[NodePlan], config, needs: UnitNeeds, totals: 
         free.append((p, p.node_type.cpus - used_cpus, p.node_type.memory_bytes - used_memory))
     per_actor = wanted.cpus_per_actor
     if per_actor is None:
-        total_free = sum(max(f, 0) * p.node_type.count for p, f, _ in free)
-        per_actor = 1.0 if total_free >= 1 else max(round(total_free, 2), 0.1)
+        # a whole CPU where some node has one free, else the most any one node has: a node that
+        # joins can only raise it, and an actor of that size fits somewhere either way
+        roomy = [f for p, f, m in free if m >= needs.decode_memory]
+        most = max(roomy, default=0.0)
+        per_actor = 1.0 if most >= 1 else max(math.floor(most * 100) / 100, 0.1)
     fits = [(p, max(0, min(int(round(f / per_actor, 6)), int(m // needs.decode_memory)))) for p, f, m in free]
     possible = sum(n * p.node_type.count for p, n in fits)
     total = possible if wanted.actors is None else wanted.actors
