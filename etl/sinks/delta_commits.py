@@ -7,8 +7,9 @@ rewritten without its S rows, keeping the other rows' values and `run_id`; the n
 added. All of it is one `create_write_transaction`, so a reader sees the old rows of S or the
 new ones, never both and never neither. Concurrent writers are safe on any store with
 conditional PUTs (local files, S3, moto's server): delta-rs retries a commit that only raced
-appends, and a race over the same files (two replacements sharing a rewritten file) fails
-with CommitFailedError, after which the replacement is planned again on the new snapshot.
+appends, while a replacement commits only on the snapshot it was planned on (any commit in
+between, a compaction included, fails it with CommitFailedError) and is then planned again on
+the new snapshot.
 """
 
 import posixpath
@@ -149,8 +150,15 @@ def _commit_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], meta
             actions = removes + [_add_action(f) for f in rewritten] + adds
             if not actions:
                 return None
+            # A replacement lands only on the snapshot it was planned on. delta-rs would rebase it
+            # onto a newer one, and its conflict check ignores removes that change no data: a
+            # replacement planned before a compaction (sink.maintenance, jobs.maintain) committed
+            # after it, its removes of the compacted-away files did nothing, and the shards' old
+            # rows stayed beside the new ones. With no retry, any commit in between fails it
+            # here, and it is planned again on the new snapshot.
             properties = CommitProperties(custom_metadata={
-                **metadata, "files": len(adds), "removed_files": len(removes), "rewritten_files": len(rewritten)})
+                **metadata, "files": len(adds), "removed_files": len(removes), "rewritten_files": len(rewritten)},
+                max_commit_retries=0 if removes else None)
             table.create_write_transaction(actions, mode="append", schema=delta_schema,
                                            partition_by=[PARTITION_COLUMN], commit_properties=properties)
             table.update_incremental()

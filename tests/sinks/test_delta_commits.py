@@ -132,3 +132,30 @@ def _append_repeatedly(uri, base, rounds, endpoint_env):
     for i in range(rounds):
         files = write_bucket_files(rows([base + i], "append"), SCHEMA, uri, f"{base}-{i}")
         commit_files(uri, SCHEMA, files, {"run_id": "append"})
+
+
+def test_a_replacement_planned_before_a_compaction_lands_after_it_exactly_once(table_uri, monkeypatch):
+    """A backfill plans its replacement; table maintenance compacts the files it means to remove
+    and commits first. delta-rs's conflict check ignores a compaction's removes (they change no
+    data), so a rebased replacement removed nothing and the shards' old rows stayed beside the
+    new ones. It must be planned again on the compacted snapshot instead."""
+    from etl.sinks import delta_commits
+    from etl.sinks.maintenance import compact
+
+    for i, shards in enumerate(([0, 1], [2, 3], [4, 5])):
+        commit_files(table_uri, SCHEMA, write(table_uri, shards, "old", f"o{i}"), {"run_id": "old"})
+    planned = delta_commits._plan_replacement
+    compacted = []
+
+    def plan_then_compact(*args, **kwargs):
+        plan = planned(*args, **kwargs)
+        if not compacted:  # the first attempt's plan goes stale: maintenance lands in between
+            compacted.append(compact(open_table(table_uri), 128 << 20)["numFilesRemoved"])
+        return plan
+
+    monkeypatch.setattr(delta_commits, "_plan_replacement", plan_then_compact)
+    commit_files(table_uri, SCHEMA, write(table_uri, [2, 3], "new", "n"), {"run_id": "new"}, replace_shards=[2, 3])
+    assert compacted and compacted[0] > 0
+    got = state(table_uri)
+    assert len(got) == len(set(got)) == 6 * 6, "a shard's rows landed twice or went missing"
+    assert {(s, run) for s, _, run in got} == {(0, "old"), (1, "old"), (2, "new"), (3, "new"), (4, "old"), (5, "old")}
