@@ -59,6 +59,7 @@ def ray_stage(path, spec, cores: int, total_frames: int) -> dict:
     from ray.data import ActorPoolStrategy
 
     import etl
+    from etl.batch_sizes import DECODE_BUDGET_BYTES
     from etl.planner import READ_BLOCK_BYTES, TASK_CPUS
     from etl.stages.decode import DecodeStage
     from etl.stages.previews import PreviewRows
@@ -71,7 +72,7 @@ def ray_stage(path, spec, cores: int, total_frames: int) -> dict:
         # share kept free (actors + a read task over the cluster hang)
         actors = cores
         per_actor = (cores - 2 * TASK_CPUS) / actors
-        batch_rows = max(1, (64 << 20) // (8 * pixel_bytes_per_frame(spec.max_pixels, spec.crop_size)))
+        batch_rows = max(1, DECODE_BUDGET_BYTES // (8 * pixel_bytes_per_frame(spec.max_pixels, spec.crop_size)))
         started = time.perf_counter()
         stream = (etl.read_mds(str(path), columns=["frames"], shards_per_task=1, block_bytes=READ_BLOCK_BYTES,
                                num_cpus=TASK_CPUS)

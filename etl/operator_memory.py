@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 
-
 @dataclass(frozen=True)
 class OperatorMemory:
     operator: str              # Ray Data's name, fused operators joined by "->"

@@ -7,10 +7,8 @@ import pytest
 
 from etl.batch_sizes import DECODE_BUDGET_BYTES, decode_batch_bytes
 from etl.config import load_config
-from etl.planner import MIB, RAY_HEADROOM, EncoderFootprint, memory
-
-SIGLIP_AND_SD_VAE = EncoderFootprint(int(1.0e9), embedder_pixels=384 * 384, embedding_dim=1152, vae_channels=128,
-                                     latent_channels=4, latent_downscale=8)
+from etl.planner import MIB, RAY_HEADROOM, memory
+from tests.planner.test_placement import ENCODERS as SIGLIP_AND_SD_VAE  # SigLIP-so400m + the SD VAE
 
 
 def config(**overrides):

@@ -9,7 +9,7 @@ from etl import planner
 from etl.config import load_config
 from etl.job_input import assumed_read_tasks
 from etl.planner import GIB, Footprints, NodeType, PlanError
-from tests.planner.test_placement import ENCODERS, QWEN_8B
+from tests.planner.test_placement import ENCODERS, QWEN_8B, production
 
 CPU_NODES = st.builds(NodeType, name=st.sampled_from(["a", "b", "c"]), cpus=st.sampled_from([0, 1, 2, 3, 4, 8, 16, 64]),
                       memory_bytes=st.sampled_from([1, 2, 4, 8, 16, 64, 256]).map(lambda g: g * GIB),
@@ -27,11 +27,6 @@ def local_config(tiny):
                                                    "models.captioner.model": str(tiny["qwen3_vl"]),
                                                    "models.embedder.model": str(tiny["clip"]),
                                                    "models.vae.model": str(tiny["vae"])})
-
-
-def production():
-    return load_config(None, {"input": "s3://in", "output": "s3://out", "models.captioner.backend": "vllm",
-                              "frames.max_pixels": 448 * 448})
 
 
 def plan_or_none(nodes, config, footprints, read_tasks):
