@@ -53,6 +53,7 @@ class RunProgress:
     read_times: dict[int, float] = field(default_factory=dict)
     commit_times: list[float] = field(default_factory=list)         # unix seconds of each round
     timeline: dict[str, dict[int, int]] = field(default_factory=dict)  # stage -> unix second -> rows done
+    placement: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> "<node>/<worker>" -> rows
     previews: list[dict] = field(default_factory=list)              # contact-sheet rows (bounded by the plan)
     engine: dict = field(default_factory=dict)                      # summed captioner counters
     ledgered: set = field(default_factory=set)
@@ -98,6 +99,10 @@ class RunCommitter:
             per_second = self.progress.timeline.setdefault(stage, {})
             for second, rows in seconds:
                 per_second[second] = per_second.get(second, 0) + rows
+        for stage, places in counts.get("placement", {}).items():
+            per_place = self.progress.placement.setdefault(stage, {})
+            for place, count in places:
+                per_place[place] = per_place.get(place, 0) + count
         for key, value in counts.get("engine", {}).items():
             self.progress.engine[key] = self.progress.engine.get(key, 0) + value
         self.progress.previews.extend(counts.get("previews", ())[:MAX_PREVIEWS - len(self.progress.previews)])

@@ -164,10 +164,16 @@ class RayConfig(_Section):
     # Object store bytes the job's in-flight blocks may hold (None: Ray Data's default share of the
     # store). A bound keeps memory flat whatever the dataset size: reads wait for the slow stages.
     object_store_budget_mb: Optional[int] = Field(None, ge=64)
-    # Attempts after the first for a task or actor batch whose worker dies (node lost, OOM kill,
-    # segfault). Ray Data's default (-1) retries forever, so one batch that crashes its worker
-    # every time hangs the job; -1 restores it.
-    max_task_retries: int = Field(3, ge=-1)
+    # Deaths of one worker the job outlives (a lost node, an OOM kill, a segfault): a task is
+    # retried this many times, an actor restarted this many times (its batches wait through each
+    # restart, on whatever node it comes back on). Ray Data's default (-1) is forever, so one batch
+    # that crashes its worker every time hangs the job; -1 restores it.
+    max_retries: int = Field(3, ge=-1)
+    # Nodes with CPUs or GPUs the job waits for before it plans (a cluster still forming, or
+    # scaling up), for at most wait_for_nodes_s; then it plans on what is there if that fits.
+    # With 0 it plans on the nodes there at once, and a plan that does not fit fails at once.
+    min_worker_nodes: int = Field(0, ge=0)
+    wait_for_nodes_s: float = Field(600.0, ge=0)
 
 
 class JobConfig(_Section):

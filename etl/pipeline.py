@@ -48,11 +48,15 @@ def table_schemas(config: JobConfig) -> dict[str, pa.Schema]:
 
 
 def retry_bounds(config: JobConfig) -> tuple[dict, dict]:
-    """(remote args for task stages, for actor stages) bounding retries after a worker dies.
-    Actors still restart without bound (a lost node); a batch is retried `max_task_retries`
-    times, then the job fails with its error instead of crashing workers forever."""
-    retries = config.ray.max_task_retries
-    return {"max_retries": retries}, {"max_task_retries": retries}
+    """(remote args for task stages, for actor stages) bounding what a dying worker costs.
+
+    A task is retried `ray.max_retries` times. An actor restarts `ray.max_retries` times, and its
+    batches retry without bound: each attempt made while the actor restarts elsewhere (its node
+    lost) fails at once as "actor unavailable", so any bound on them ran out long before the
+    actor was back. A batch that kills its actor every time still fails the job, once the
+    actor's restarts are spent."""
+    retries = config.ray.max_retries
+    return {"max_retries": retries}, {"max_restarts": retries, "max_task_retries": -1}
 
 
 def _absolute_path(path: str) -> str:
@@ -75,7 +79,8 @@ def stage_dataset(dataset, step: Step, retries: tuple[dict, dict]):
     resources = step.resources
     args = {"batch_format": "pyarrow", "num_cpus": resources.cpus}
     args.update({key: value for key, value in (("num_gpus", resources.gpus), ("memory", resources.memory),
-                                               ("batch_size", resources.batch_rows)) if value})
+                                               ("batch_size", resources.batch_rows),
+                                               ("concurrency", resources.max_tasks)) if value})
     if resources.actors is None:
         return dataset.map_batches(step.stage(*step.arguments), **args, **retries[0])
     concurrency = ({"max_concurrent_calls_per_actor": resources.concurrent_batches, "enable_true_multi_threading": True}
@@ -103,12 +108,15 @@ class RunSummary:
     commit_times: list[float] = field(default_factory=list)   # unix seconds of each commit round
     stage_stats: str = ""
     plan: str = ""                       # what each stage got on this cluster (planner.Plan.describe)
+    planned: dict = field(default_factory=dict)  # the plan's unit counts, to set beside `placement`
     started_at: float = 0.0              # unix seconds
     timeline: dict[str, dict[int, int]] = field(default_factory=dict)  # stage -> unix second -> rows done
     previews: list[dict] = field(default_factory=list)        # the report's contact sheet
     engine: dict = field(default_factory=dict)               # captioner figures (captioner.engine_summary)
     error: Optional[str] = None          # why the run failed, when it did
     operator_memory: list[dict] = field(default_factory=list)  # declared vs used, per operator
+    placement: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> "<node>/<worker>" -> rows
+    cluster: dict = field(default_factory=dict)  # nodes lost and joined, work retried (cluster_watch)
     maintenance: list[dict] = field(default_factory=list)     # per table (maintenance.TableHealth)
     maintenance_error: Optional[str] = None  # the run's rows are committed; `jobs.maintain` redoes it
     report: Optional[str] = None         # URI of report.html
@@ -125,6 +133,7 @@ def _summarize(summary: RunSummary, progress, started: float, started_wall: floa
         summary.last_read_seconds = max(progress.read_times.values()) - started_wall
     summary.commit_times = list(progress.commit_times)
     summary.timeline = {stage: dict(seconds) for stage, seconds in progress.timeline.items()}
+    summary.placement = {stage: dict(places) for stage, places in progress.placement.items()}
     summary.previews = list(progress.previews)
     summary.engine = engine_summary(progress.engine)
     if progress.commit_times:
@@ -145,14 +154,14 @@ def _ensure_tiny_models(config: JobConfig) -> None:
 def run(config: JobConfig, resume: bool = False) -> RunSummary:
     """Run the curation job described by `config` on the current Ray cluster. With `resume`,
     shards the ledger records as finished (for the same input) are skipped."""
-    import ray
-
     from etl import planner
+    from etl.cluster_watch import ClusterWatch
     from etl.commit_mode import shard_work
     from etl.committer import remove_unfinished_rows
     from etl.job_input import job_source
     from etl.mds import load_index
     from etl.operator_memory import operator_memory
+    from etl.planner.live import plan_when_ready
     from etl.stages.previews import CONTACT_SHEET_SAMPLES, preview_rows
 
     started, started_wall = time.perf_counter(), time.time()
@@ -169,15 +178,17 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
         return RunSummary(run_id, config.output, mode="nothing to do", skipped_shards=work.skipped,
                           seconds=time.perf_counter() - started)
     source, image_column = job_source(config, index, work.todo)
-    # The same plan `python -m jobs.plan` prints, against the live cluster: refused before any work
-    plan = planner.plan(planner.nodes_from_ray(ray.nodes()), config, footprints, source.read_tasks)
+    watch = ClusterWatch()
+    # The same plan `python -m jobs.plan` prints, against the live cluster once it has the nodes
+    # the job waits for: refused before any work
+    plan = plan_when_ready(config, footprints, source.read_tasks)
     if resume and config.sink.format == "delta":
         remove_unfinished_rows(config.output, schemas, run_id, work.todo)
     context = RunContext(config, plan, run_id, image_column, dict(zip(source.schema.names, source.schema.types)),
                          schemas, preview_rows(work.todo, {s: index[s].samples for s in work.todo},
                                                CONTACT_SHEET_SAMPLES))
     summary = RunSummary(run_id, config.output, mode=work.mode, shards=work.todo, skipped_shards=work.skipped,
-                         plan=plan.describe(), started_at=started_wall)
+                         plan=plan.describe(), planned=plan.unit_counts(), started_at=started_wall)
     committer = _committer(config, schemas, run_id, {s: index[s].samples for s in work.todo}, work.mode)
     try:
         steps = [stage.step(context) for stage in STAGES]
@@ -191,6 +202,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
         summary.error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        summary.cluster = watch.events().as_dict()
         _summarize(summary, committer.progress, started, started_wall)
         _write_report(summary, config)
     return summary
@@ -205,7 +217,8 @@ def build_dataset(source, context: RunContext, steps: list[Step]):
     plan, retries = context.plan, retry_bounds(context.config)
     # Ray 2.60 names every remote option the job sets except the retry bounds (retry_bounds);
     # those still go through ray_remote_args, deprecated for 2.64 with no named replacement yet
-    dataset = read_mds(source, num_cpus=plan.task_cpus, memory=plan.read_task_memory, ray_remote_args=retries[0])
+    dataset = read_mds(source, num_cpus=plan.task_cpus, memory=plan.read_task_memory,
+                       concurrency=plan.read_concurrency, ray_remote_args=retries[0])
     for step in steps:
         dataset = stage_dataset(dataset, step, retries)
     return configure_execution(dataset, context.config)

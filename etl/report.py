@@ -107,7 +107,8 @@ def render(summary, config_yaml: str, models: dict[str, str]) -> str:
                             numeric=(1, 2, 3)))
     else:
         parts.append("<p>No rows reached the write stage.</p>")
-    parts += ["<h2>Captioner</h2>", _engine_table(summary.engine),
+    parts += ["<h2>Cluster</h2>", _cluster(summary.placement, summary.cluster),
+              "<h2>Captioner</h2>", _engine_table(summary.engine),
               "<h2>Quarantine by cause</h2>", _quarantine(summary, total),
               "<h2>Contact sheet</h2>", _contact_sheet(summary.previews),
               "<h2>Models</h2>", _table([(e(k), e(v)) for k, v in models.items()], keys=True),
@@ -181,6 +182,32 @@ def _engine_table(engine: dict) -> str:
             ("generated tokens/s (inside generate)", _rate(engine.get("generation_tokens_per_s"))),
             ("engine busy share (inside generate / wall from its first batch)", _share(engine.get("busy_share")))]
     return _table(rows, keys=True)
+
+
+def _cluster(placement: dict, events: dict) -> str:
+    """Where each stage ran (node, actors or tasks, rows) and what the cluster did meanwhile."""
+    from etl.cluster_watch import placement_by_node
+
+    e = html.escape
+    rows = [(e(stage), e(node[:12]), workers["workers"], workers["rows"])
+            for stage, nodes in placement_by_node(placement).items() for node, workers in sorted(nodes.items())]
+    parts = [_table(rows, header=("stage", "node", "actors or tasks", "rows"), numeric=(2, 3)) if rows
+             else "<p>No row reached the write stage.</p>"]
+    for node in events.get("lost_nodes", []):
+        died = time.strftime("%H:%M:%S", time.gmtime(node["died_at"])) if node.get("died_at") else "?"
+        parts.append(f'<p class="failed">node {e(node["node_id"][:12])} was lost at {died} UTC: '
+                     f'{e(str(node.get("reason") or "no reason given"))}</p>')
+    for node in events.get("joined_nodes", []):
+        parts.append(f"<p>node {e(node['node_id'][:12])} joined during the run: {e(str(node['resources']))}</p>")
+    retried = [(e(t["work"]), e(str(t["node_id"])[:12]), e(str(t["error_type"])), t["attempts"])
+               for t in events.get("retried_tasks", [])]
+    retried += [(e(a["actor"]) + " (actor restarted)", e(str(a["node_id"])[:12]), "", a["restarts"])
+                for a in events.get("restarted_actors", [])]
+    if retried:
+        parts.append(_table(retried, header=("work run again", "node", "cause", "times"), numeric=(3,)))
+    if events.get("unknown"):
+        parts.append(f"<p>Retried work unknown: {e(events['unknown'])}</p>")
+    return "".join(parts)
 
 
 def _table(rows: list[tuple], header: tuple = (), numeric: tuple = (), keys: bool = False) -> str:

@@ -81,16 +81,19 @@ def write_summary_json(summary, path: str) -> None:
     import json
     from pathlib import Path
 
+    from etl.cluster_watch import placement_by_node
+
     figures = {key: getattr(summary, key) for key in (
         "run_id", "output", "mode", "seconds", "first_commit_seconds", "last_read_seconds",
         "shards_read_after_first_commit", "rows", "commits", "files", "reasons", "engine", "report",
-        "operator_memory", "maintenance", "maintenance_error")}
+        "operator_memory", "maintenance", "maintenance_error", "cluster", "planned", "started_at")}
     figures.update(shards=len(summary.shards), skipped_shards=len(summary.skipped_shards),
                    commit_seconds=[round(t - summary.started_at, 3) for t in summary.commit_times],
                    # where the time to the first commit goes: when each stage finished its first row
                    # (whole seconds, as the timeline counts them)
                    first_rows_seconds={stage: round(min(seconds) - summary.started_at, 1)
                                        for stage, seconds in summary.timeline.items() if seconds})
+    figures["placement"] = placement_by_node(summary.placement)  # stage -> node -> actors or tasks, rows
     Path(path).write_text(json.dumps(figures, indent=2))
 
 

@@ -207,6 +207,27 @@ def test_the_run_asks_ray_for_what_the_planner_placed_on_this_cluster(two_runs):
     assert "ReadMDS->MapBatches(Prepare)" in summaries[0].stage_stats
 
 
+def test_the_summary_says_where_each_stage_ran_and_that_the_cluster_held(two_runs):
+    import ray
+
+    from etl.cluster_watch import placement_by_node
+
+    _, summaries = two_runs
+    for summary in summaries:
+        by_node = placement_by_node(summary.placement)
+        here = ray.get_runtime_context().get_node_id()
+        assert {stage: set(nodes) for stage, nodes in by_node.items()} == {
+            stage: {here} for stage in ("read", "decode", "caption", "encode", "write")}
+        assert {stage: nodes[here]["rows"] for stage, nodes in by_node.items()} == {
+            stage: 24 for stage in ("read", "decode", "caption", "encode", "write")}
+        # one actor per pool (the plan's), and the read's tasks, each counted once
+        assert {stage: by_node[stage][here]["workers"] for stage in ("decode", "caption", "encode", "write")} == {
+            "decode": 1, "caption": 1, "encode": 1, "write": 1}
+        assert 1 <= by_node["read"][here]["workers"] <= SHARDS
+        assert summary.cluster == {"lost_nodes": [], "joined_nodes": [], "retried_tasks": [],
+                                   "restarted_actors": [], "unknown": None}, summary.cluster
+
+
 def test_a_config_that_does_not_fit_the_cluster_is_refused_before_any_work(dataset, tiny, tmp_path, ray_local):
     from etl import pipeline
     from etl.planner import PlanError
@@ -379,7 +400,7 @@ def test_a_batch_that_kills_its_worker_every_time_fails_the_job_instead_of_loopi
 
     from etl.pipeline import retry_bounds
 
-    config = _config(tmp_path, tmp_path / "out", tiny, **{"ray.max_task_retries": 1})
+    config = _config(tmp_path, tmp_path / "out", tiny, **{"ray.max_retries": 1})
     task_retries, actor_retries = retry_bounds(config)
     dataset = ray.data.range(4, override_num_blocks=1)
     if stage == "task":

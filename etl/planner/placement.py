@@ -72,6 +72,18 @@ class Plan:
     nodes: list[NodePlan] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def read_concurrency(self) -> int:
+        """Read tasks at once: the task room the plan kept on every node, less the write actors
+        that live in it. Left to Ray Data, the read takes every CPU the actor pools have not got
+        yet, and on a cluster of several nodes the pools wait for the whole read to end."""
+        slots = sum(node.task_slots * node.node_type.count for node in self.nodes)
+        return max(1, min(self.read_tasks, slots - self.writers))
+
+    def unit_counts(self) -> dict[str, int]:
+        return {"engines": self.engines, "encoders": self.encoders, "decode_actors": self.decode_actors,
+                "writers": self.writers, "read_tasks_at_once": self.read_concurrency}
+
     def describe(self) -> str:
         lines = ["per node type:",
                  f"  {'node type':<16}{'nodes':>6}{'CPUs':>7}{'GPUs':>10}{'engines':>9}{'encoders':>10}"
@@ -95,7 +107,7 @@ class Plan:
             "task room)",
             f"  read: {self.shards} shards in {self.read_tasks} tasks, up to {self.shards_per_task} shard(s) and "
             f"{gib(self.read_task_bytes)} per task; {gib(self.read_task_memory)} RAM per task "
-            f"[{self.task_cpus:g} CPU each]",
+            f"[{self.task_cpus:g} CPU each], {self.read_concurrency} at once",
         ]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)

@@ -38,7 +38,7 @@ class CaptionStage:
         adds = {name: rows.TYPES[name] for name, _ in _RESULT_COLUMNS}
         return Step(cls, (config, text, plan.kv_cache_bytes, plan.engine_cores),
                     (rows.CAPTION_FRAMES, rows.ERROR, rows.SAMPLE_ID, *optional),
-                    {**adds, rows.done_at("caption"): pa.float64(), rows.ENGINE_STATS: rows.TYPES[rows.ENGINE_STATS]},
+                    {**adds, **rows.stamp_types("caption"), rows.ENGINE_STATS: rows.TYPES[rows.ENGINE_STATS]},
                     Resources(cpus=plan.engine_cpus, gpus=plan.engine_gpus, memory=plan.engine_memory,
                               actors=plan.engines, batch_rows=caption_batch_rows(config),
                               concurrent_batches=caption_batches_per_actor(config)),

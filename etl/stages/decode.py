@@ -34,7 +34,7 @@ class DecodeStage:
         adds = {name: rows.TYPES[name] for name in
                 (rows.CAPTION_FRAMES, rows.CROP_FRAMES, rows.FRAME_COUNT, rows.FRAME_SIZES, rows.PREVIEW)}
         return Step(cls, (spec, run.previews), (rows.FRAMES, rows.ERROR, rows.SHARD, rows.ROW),
-                    {**adds, rows.done_at("decode"): pa.float64()},
+                    {**adds, **rows.stamp_types("decode")},
                     Resources(cpus=plan.decode_cpus, memory=plan.decode_memory, actors=plan.decode_actors,
                               batch_rows=decode_batch_rows(run.config)), drops=(rows.FRAMES,))
 

@@ -30,7 +30,7 @@ class EncodeStage:
         plan, samples = run.plan, run.schemas["samples"]
         adds = {name: samples.field(name).type for name in (rows.EMBEDDING, rows.FRAME_EMBEDDINGS, rows.LATENTS)}
         return Step(cls, (run.config, adds[rows.EMBEDDING], samples.field(rows.LATENTS).type.value_type),
-                    (rows.CAPTION_FRAMES, rows.CROP_FRAMES), {**adds, rows.done_at("encode"): pa.float64()},
+                    (rows.CAPTION_FRAMES, rows.CROP_FRAMES), {**adds, **rows.stamp_types("encode")},
                     Resources(cpus=plan.encoder_cpus, gpus=plan.encoder_gpus, memory=plan.encoder_memory,
                               actors=plan.encoders, batch_rows=run.config.models.embedder.batch_size),
                     drops=(rows.CAPTION_FRAMES, rows.CROP_FRAMES))

@@ -4,10 +4,8 @@ internal names, and checks a sample's own timing (fps, frame indices) against it
 Nothing else from the input goes downstream."""
 
 import json
-import time
 from typing import Optional
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -52,7 +50,7 @@ class Prepare:
         read, plan = run.config.read, run.plan
         adds = {rows.SHARD: pa.int64(), rows.ROW: pa.int64(), rows.SAMPLE_ID: pa.string(), rows.BUCKET: pa.int32(),
                 rows.ERROR: pa.string(), rows.FRAMES: run.input_types[run.image_column],
-                rows.done_at("read"): pa.float64()}
+                **rows.stamp_types("read")}
         if read.text_column:
             adds[rows.TEXT] = run.input_types[read.text_column]
         if read.fps_column or read.frame_indices_column:
@@ -60,7 +58,8 @@ class Prepare:
         reads = tuple(run.input_types)  # what the read returns: provenance, mds_error, the columns read
         # the read's own CPUs and memory: with the same remote args, Ray fuses the two
         return Step(cls, (read, run.image_column, run.config.sink.buckets), reads, adds,
-                    Resources(cpus=plan.task_cpus, memory=plan.read_task_memory), replaces_row=True)
+                    Resources(cpus=plan.task_cpus, memory=plan.read_task_memory, max_tasks=plan.read_concurrency),
+                    replaces_row=True)
 
     def __init__(self, read: ReadConfig, image_column: str, buckets: int):
         self.read, self.image_column, self.buckets = read, image_column, buckets
@@ -76,8 +75,7 @@ class Prepare:
                            pa.nulls(batch.num_rows, pa.string()))
         columns = {rows.SHARD: batch.column(rows.SHARD), rows.ROW: batch.column(rows.ROW), rows.SAMPLE_ID: ids,
                    rows.BUCKET: buckets_of(ids, self.buckets), rows.ERROR: error,
-                   rows.FRAMES: batch.column(self.image_column),
-                   rows.done_at("read"): pa.array(np.full(batch.num_rows, time.time()))}
+                   rows.FRAMES: batch.column(self.image_column), **rows.stamps(batch.num_rows, "read")}
         if self.read.text_column:
             columns[rows.TEXT] = batch.column(self.read.text_column)
         if self.read.fps_column or self.read.frame_indices_column:

@@ -52,7 +52,7 @@ TYPES: dict[str, pa.DataType] = {
     ENGINE_STATS: pa.string(),
 }
 
-_DONE_AT = "_done_at_"
+_DONE_AT, _RAN_ON = "_done_at_", "_ran_on_"
 
 
 def done_at(stage: str) -> str:
@@ -61,10 +61,47 @@ def done_at(stage: str) -> str:
     return _DONE_AT + stage
 
 
+def ran_on(stage: str) -> str:
+    """The column of where each row went through `stage`: "<node id>/<actor or task id>". The
+    write stage counts rows per place, so the run summary shows where Ray ran each stage."""
+    return _RAN_ON + stage
+
+
+def stamp_types(stage: str) -> dict[str, pa.DataType]:
+    """The columns `stamped` adds, for a stage's declared `adds`."""
+    return {done_at(stage): pa.float64(), ran_on(stage): pa.dictionary(pa.int32(), pa.string())}
+
+
 def stages_done_at(names) -> dict[str, str]:
     """{stage: its done-at column} for the done-at columns among `names`."""
     return {name[len(_DONE_AT):]: name for name in names if name.startswith(_DONE_AT)}
 
 
+def stages_ran_on(names) -> dict[str, str]:
+    """{stage: its ran-on column} for the ran-on columns among `names`."""
+    return {name[len(_RAN_ON):]: name for name in names if name.startswith(_RAN_ON)}
+
+
+def worker_place() -> str:
+    """Where this code runs: "<node id>/<actor id>" in an actor, "<node id>/<task id>" in a task,
+    "local/<pid>" outside Ray."""
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        return f"local/{os.getpid()}"
+    context = ray.get_runtime_context()
+    return f"{context.get_node_id()}/{context.get_actor_id() or context.get_task_id()}"
+
+
+def stamps(count: int, stage: str) -> dict[str, pa.Array]:
+    """When and where `count` rows left `stage`, now and here."""
+    place = pa.DictionaryArray.from_arrays(pa.array(np.zeros(count, np.int32)), pa.array([worker_place()]))
+    return {done_at(stage): pa.array(np.full(count, time.time())), ran_on(stage): place}
+
+
 def stamped(batch: pa.Table, stage: str) -> pa.Table:
-    return batch.append_column(done_at(stage), pa.array(np.full(batch.num_rows, time.time())))
+    for name, column in stamps(batch.num_rows, stage).items():
+        batch = batch.append_column(name, column)
+    return batch

@@ -26,6 +26,7 @@ class Resources:
     gpus: float = 0.0
     memory: Optional[int] = None     # bytes declared to Ray (None: nothing declared)
     actors: Optional[int] = None     # None: Ray tasks (fused into the read); else an actor pool this size
+    max_tasks: Optional[int] = None  # Ray tasks: at most this many at once (the read's, to fuse with it)
     batch_rows: Optional[int] = None  # None: whole blocks
     concurrent_batches: int = 1      # batches one actor takes at once
 

@@ -38,7 +38,8 @@ class WriteStage:
         config, plan = run.config, run.plan
         models = config.models
         names = {"captioner": models.captioner.model, "embedder": models.embedder.model, "vae": models.vae.model}
-        reads = (rows.ERROR, rows.SHARD, rows.ROW, rows.SAMPLE_ID, rows.BUCKET, rows.done_at("read"), rows.PREVIEW,
+        reads = (rows.ERROR, rows.SHARD, rows.ROW, rows.SAMPLE_ID, rows.BUCKET, rows.done_at("read"), rows.ran_on("read"),
+                 rows.PREVIEW,
                  rows.ENGINE_STATS, *(n for n in run.schemas["samples"].names if n not in names and n != "run_id"))
         return Step(cls, (config.output, run.schemas, run.run_id, names), tuple(dict.fromkeys(reads)),
                     dict(zip(rows.MESSAGE_SCHEMA.names, rows.MESSAGE_SCHEMA.types)),
@@ -57,7 +58,8 @@ class WriteStage:
         files = self._write("samples", self._samples(batch.filter(pc.invert(failed))), tag)
         files += self._write("quarantine", self._quarantine(batch.filter(failed)), tag)
         counts = {"shards": _per_shard(batch, failed), "reasons": _reasons(batch.filter(failed)),
-                  "timeline": _per_second(batch), "previews": preview_records(batch), "engine": _engine_totals(batch)}
+                  "timeline": _per_second(batch), "placement": _per_place(batch), "previews": preview_records(batch),
+                  "engine": _engine_totals(batch)}
         return pa.table({"kind": [rows.FILE] * len(files) + [rows.COUNTS],
                          "table": [table for table, _ in files] + [None],
                          "payload": [json.dumps(f) for _, f in files] + [json.dumps(counts)]}, schema=rows.MESSAGE_SCHEMA)
@@ -112,6 +114,16 @@ def _per_second(batch: pa.Table) -> dict[str, list[list[int]]]:
         timeline[stage] = [[e["values"], e["counts"]] for e in pc.value_counts(seconds).to_pylist()]
     timeline["write"] = [[int(time.time()), batch.num_rows]]
     return timeline
+
+
+def _per_place(batch: pa.Table) -> dict[str, list[list]]:
+    """{stage: [["<node>/<worker>", rows it took through the stage], ...]}, the write included."""
+    placement = {}
+    for stage, column in rows.stages_ran_on(batch.schema.names).items():
+        placement[stage] = [[e["values"], e["counts"]] for e in pc.value_counts(pc.cast(batch.column(column),
+                                                                                       pa.string())).to_pylist()]
+    placement["write"] = [[rows.worker_place(), batch.num_rows]]
+    return placement
 
 
 def _engine_totals(batch: pa.Table) -> dict:
