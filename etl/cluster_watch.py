@@ -43,8 +43,8 @@ class ClusterWatch:
         nodes = _node_table()
         self.alive_at_start = {node_id for node_id, node in nodes.items() if node["Alive"]}
         self.known_at_start = set(nodes)
-        context = ray.get_runtime_context()
-        self.job_id, self.address = context.get_job_id(), context.gcs_address
+        self.job_id = ray.get_runtime_context().get_job_id()
+        self.address = _dashboard_address()
 
     def events(self) -> ClusterEvents:
         nodes = _node_table()
@@ -54,15 +54,27 @@ class ClusterWatch:
         lost = [node_id for node_id, node in nodes.items()
                 if not node["Alive"] and (node_id in self.alive_at_start or node_id not in self.known_at_start)]
         try:
+            if not self.address:
+                # asked anyway, the State API tries port 8265 of this host: some other cluster's
+                raise LookupError("this Ray cluster runs no dashboard")
             events.lost_nodes = _lost_node_details(lost, self.address)
             events.retried_tasks = _failed_attempts(self.job_id, self.address)
             events.restarted_actors = _restarted_actors(self.job_id, self.address)
-        except Exception as exc:  # noqa: BLE001 - no dashboard (a local Ray started without one)
+        except Exception as exc:  # noqa: BLE001 - the retries are a report's detail, never worth failing a run
             events.lost_nodes = [{"node_id": node_id, "died_at": None, "reason": None} for node_id in lost]
             events.unknown = f"Ray's State API did not answer ({type(exc).__name__}: {exc})"
         for node in events.lost_nodes:
             logger.warning("node %s was lost during the run (%s)", node["node_id"], node["reason"] or "no reason given")
         return events
+
+
+def _dashboard_address() -> str:
+    """The dashboard of the cluster this driver joined ("" when it runs none): the State API's
+    server."""
+    from ray._private.worker import get_dashboard_url
+
+    url = get_dashboard_url()
+    return f"http://{url}" if url else ""
 
 
 def _schedulable(resources: dict) -> dict:
