@@ -101,6 +101,7 @@ def test_the_job_runs_where_its_plan_says_on_every_node(cluster, job):
     # read tasks ran on every worker node: each has task room in the plan
     assert set(where["read"]) == {"cpu0", "cpu1"}, where["read"]
     assert summary["cluster"]["lost_nodes"] == [] and summary["cluster"]["joined_nodes"] == []
+    print(f"placement (planned {planned}): {where}")
 
 
 def test_a_node_lost_mid_run_costs_no_row_and_a_joining_node_takes_its_work(cluster, job):
