@@ -51,7 +51,7 @@ class RunProgress:
     per_shard: dict[int, list[int]] = field(default_factory=dict)   # shard -> [samples, quarantined]
     reasons: dict[str, int] = field(default_factory=dict)
     read_times: dict[int, float] = field(default_factory=dict)
-    commit_times: list[float] = field(default_factory=list)         # unix seconds of each round
+    commit_times: list[float] = field(default_factory=list)         # unix s each round's first table commit landed
     timeline: dict[str, dict[int, int]] = field(default_factory=dict)  # stage -> unix second -> rows done
     placement: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> "<node>/<worker>" -> rows
     previews: list[dict] = field(default_factory=list)              # contact-sheet rows (bounded by the plan)
@@ -162,6 +162,7 @@ class RunCommitter:
             # created by that commit, so its first version holds them
             ensure_tables(self.output, {name: schema for name, schema in self.schemas.items()
                                         if not self.pending.get(name)}, self.format, self.table_properties)
+        landed = None  # when the round's first table commit landed: readers see its rows from then
         for name in TABLES:
             files = self.pending[name]
             if not files and not replace_shards:
@@ -172,6 +173,7 @@ class RunCommitter:
                                        properties=self.table_properties)
                 if version is None:
                     continue
+            landed = landed or time.time()
             progress = self.progress
             progress.commits[name] = progress.commits.get(name, 0) + 1
             progress.files[name] = progress.files.get(name, 0) + len(files)
@@ -182,7 +184,7 @@ class RunCommitter:
         ledger.append(self.output, ledger.ledger_rows(self.run_id, finished, self.config_json), self.format,
                       f"run-{self.run_id}-{self._rounds:05d}")
         self.progress.ledgered.update(f.shard for f in finished)
-        self.progress.commit_times.append(time.time())
+        self.progress.commit_times.append(landed or time.time())
         self._finished_since_commit = 0
         self._last_commit = time.monotonic()
 
