@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -32,7 +31,6 @@ class Node:
     name: str
     process: subprocess.Popen
     temp_dir: str
-    resources: dict
     node_id: Optional[str] = None
 
 
@@ -57,7 +55,7 @@ class RayCluster:
         env.pop("RAY_ADDRESS", None)
         return env
 
-    def _start(self, name: str, arguments: list[str], resources: dict) -> Node:
+    def _start(self, name: str, arguments: list[str]) -> Node:
         temp_dir = os.path.join(self.root, name)
         os.makedirs(temp_dir, exist_ok=True)
         # --block: the node's processes live and die with this one, in its own process group
@@ -65,7 +63,7 @@ class RayCluster:
             process = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1",
                                         "--temp-dir", temp_dir, "--disable-usage-stats", *arguments],
                                        env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        node = Node(name, process, temp_dir, resources)
+        node = Node(name, process, temp_dir)
         self.nodes.append(node)
         return node
 
@@ -79,16 +77,15 @@ class RayCluster:
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
             # other clusters on this machine (the test session's) hold the default agent ports
             "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
-            "--metrics-export-port", str(metrics)], {"CPU": cpus})
-        self._wait_for(lambda: self._answers("/api/version"), head, "the dashboard to answer")
-        self._wait_for(lambda: len(self.alive_nodes()) == 1, head, "the head to register")
-        head.node_id = self.alive_nodes()[0]["node_id"]
+            "--metrics-export-port", str(metrics)])
+        self._wait_for(lambda: len(self.alive_nodes()) == 1, head, "the dashboard to list the head")
+        head.node_id = self.alive_nodes()[0].node_id
         return head
 
     def add_worker(self, name: str, cpus: float, memory_gb: float, object_store_gb: float = 0.5,
-                   resources: Optional[dict] = None, wait: bool = True) -> Node:
+                   resources: Optional[dict] = None) -> Node:
         """A worker node; `resources` (custom ones) stand for its node type."""
-        known = {n["node_id"] for n in self.alive_nodes()}
+        known = {n.node_id for n in self.alive_nodes()}
         arguments = ["--address", self.address, "--num-cpus", str(cpus), "--num-gpus", "0",
                      "--memory", str(int(memory_gb * (1 << 30))),
                      "--object-store-memory", str(int(object_store_gb * (1 << 30))),
@@ -96,39 +93,32 @@ class RayCluster:
                      "--dashboard-agent-grpc-port", str(free_port()), "--metrics-export-port", str(free_port())]
         if resources:
             arguments += ["--resources", json.dumps(resources)]
-        node = self._start(name, arguments, {"CPU": cpus, **(resources or {})})
-        if wait:
-            self.wait_for_worker(node, known)
+        node = self._start(name, arguments)
+        self._wait_for_worker(node, known)
         return node
 
-    def wait_for_worker(self, node: Node, known: set, timeout: float = 120) -> None:
+    def _wait_for_worker(self, node: Node, known: set, timeout: float = 120) -> None:
         def joined() -> bool:
-            new = [n for n in self.alive_nodes() if n["node_id"] not in known]
+            new = [n for n in self.alive_nodes() if n.node_id not in known]
             if new:
-                node.node_id = new[0]["node_id"]
+                node.node_id = new[0].node_id
             return bool(new)
         self._wait_for(joined, node, f"node {node.name} to join", timeout)
 
-    def alive_nodes(self) -> list[dict]:
-        return self._state_nodes("ALIVE")
+    def alive_nodes(self) -> list:
+        """Ray's State API `NodeState`s of the live nodes; none while the dashboard is not up."""
+        from ray.util.state import list_nodes
+        from ray.util.state.exception import RayStateApiException
 
-    def actors(self) -> list[dict]:
-        body = self._get("/api/v0/actors?limit=1000&detail=true")
-        return body["data"]["result"]["result"] if body else []
-
-    def _state_nodes(self, state: str) -> list[dict]:
-        body = self._get(f"/api/v0/nodes?limit=100&filter_keys=state&filter_predicates=%3D&filter_values={state}")
-        return body["data"]["result"]["result"] if body else []
-
-    def _get(self, path: str):
         try:
-            with urllib.request.urlopen(self.dashboard + path, timeout=10) as response:
-                return json.load(response)
-        except (OSError, ValueError):
-            return None
+            return list_nodes(self.dashboard, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+        except RayStateApiException:
+            return []
 
-    def _answers(self, path: str) -> bool:
-        return self._get(path) is not None
+    def actors(self) -> list:
+        from ray.util.state import list_actors
+
+        return list_actors(self.dashboard, limit=1000, detail=True, raise_on_missing_output=False)
 
     def _wait_for(self, condition, node: Node, what: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

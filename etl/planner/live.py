@@ -38,18 +38,18 @@ def plan_when_ready(config, footprints, read_tasks, nodes: Callable[[], list[Nod
     started = clock()
     while True:
         cluster = nodes()
-        have = worker_nodes(cluster)
+        have, fitted, problem = worker_nodes(cluster), None, None
         try:
             fitted = plan(cluster, config, footprints, read_tasks)
         except PlanError as exc:
-            fitted, problem = None, exc
+            problem = exc
         waited = clock() - started
         if fitted is not None and have >= wanted:
             if waited >= POLL_SECONDS:
                 logger.info("the cluster has %d worker node(s) after %.0f s: planned on them", have, waited)
             return fitted
         if not wanted or waited >= bound:
-            return _at_deadline(fitted, problem if fitted is None else None, have, wanted, waited)
+            return _at_deadline(fitted, problem, have, wanted, waited)
         logger.info("waiting for the cluster (%.0f of at most %.0f s): %d of %d worker node(s)%s", waited, bound,
                     have, wanted, "" if fitted is not None else f"; the plan does not fit yet: {problem}")
         sleep(POLL_SECONDS)

@@ -118,7 +118,7 @@ def test_a_node_lost_mid_run_costs_no_row_and_a_joining_node_takes_its_work(clus
         time.sleep(0.5)
     # the node holding the encoder: the actor with the most work left when the first rows land
     actors = cluster.actors()
-    encoder_node = next(a["node_id"] for a in actors if "EncodeStage" in a["class_name"] and a["state"] == "ALIVE")
+    encoder_node = next(a.node_id for a in actors if "EncodeStage" in a.class_name and a.state == "ALIVE")
     lost = next(node for node in cluster.nodes if node.node_id == encoder_node)
     killed_at = time.time()
     cluster.kill_node(lost)
