@@ -2,20 +2,19 @@
 
 Each run adds ~`buckets` small files per write batch (the 1M run left 3,668 files of 273 rows on
 average in `samples`) and a log entry per commit. After a run, and in `python -m jobs.maintain`:
-1. compaction: delta-rs OPTIMIZE packs each bucket's files below the target size into files of
-   about that size (files never merge across buckets: it bins per partition). The rows, their
-   values and `run_id` are unchanged; the commit has `dataChange=false`, so a reader or a
-   streaming consumer sees the same rows. It keeps the files' order of arrival, so a compacted
-   file covers a run of neighbouring shards and a later shard-range backfill rewrites few files.
+1. compaction (`etl.sinks.compaction`, not delta-rs OPTIMIZE, which duplicated every row when
+   two ran at once) packs each bucket's files below the target size into files of about that
+   size. The rows, their values and `run_id` are unchanged; the commit has `dataChange=false`,
+   so a reader or a streaming consumer sees the same rows.
 2. vacuum of files removed longer ago than `retention_hours`: a reader pinned to a version
    inside the retention still reads it. Lite mode only (files the log tombstoned): a file that
    a running job wrote and has not committed yet is not in the log, and is never touched.
 3. a log checkpoint at the new version, and the table property `delta.checkpointInterval`, by
    which delta-rs writes one every N commits during runs too.
 
-Concurrent writers: compaction is a Delta transaction. A run that only appends does not
-conflict with it; a backfill that removes a file compaction also removes makes one of the two
-fail, and compaction is then planned again on the new snapshot.
+Concurrent writers: compaction is one Delta transaction on the version it was planned on. A run
+that only appends costs it a recommit; a backfill or another compaction that removed one of its
+files makes it plan again on the new snapshot.
 """
 
 import posixpath
@@ -24,11 +23,11 @@ from dataclasses import asdict, dataclass
 
 from etl import storage
 from etl.config import MaintenanceConfig
+from etl.sinks.compaction import compact
 from etl.sinks.delta_commits import open_table
 
 TABLES = ("samples", "quarantine", "runs")
 _CHECKPOINT_INTERVAL = "delta.checkpointInterval"
-_COMPACT_ATTEMPTS = 4
 
 
 @dataclass
@@ -83,7 +82,7 @@ def maintain_table(uri: str, table, settings: MaintenanceConfig) -> TableHealth:
     wanted = table_properties(settings)
     if {key: table.metadata().configuration.get(key) for key in wanted} != wanted:
         table.alter.set_table_properties(wanted)
-    compact(table, settings.target_file_mb << 20)
+    compact(uri, table, settings.target_file_mb << 20)
     vacuumed = vacuum(table, settings.retention_hours)
     table.create_checkpoint()
     table.cleanup_metadata()  # log entries past delta.logRetentionDuration (30 days), before a checkpoint
@@ -91,19 +90,6 @@ def maintain_table(uri: str, table, settings: MaintenanceConfig) -> TableHealth:
     return TableHealth(posixpath.basename(uri.rstrip("/")), version_before, table.version(), files_before,
                        len(table.file_uris()), vacuumed, log_before[0], log_after[0], log_before[1], log_after[1],
                        time.perf_counter() - started)
-
-
-def compact(table, target_bytes: int) -> dict:
-    """OPTIMIZE with the target size; planned again when a concurrent commit removed a file it
-    was packing. Returns delta-rs's metrics of the compaction that landed."""
-    from deltalake.exceptions import CommitFailedError
-
-    for _ in range(_COMPACT_ATTEMPTS - 1):
-        try:
-            return table.optimize.compact(target_size=target_bytes)
-        except CommitFailedError:
-            table.update_incremental()
-    return table.optimize.compact(target_size=target_bytes)  # the last attempt's error is raised
 
 
 def vacuum(table, retention_hours: int) -> int:

@@ -140,7 +140,7 @@ def test_a_replacement_planned_before_a_compaction_lands_after_it_exactly_once(t
     data), so a rebased replacement removed nothing and the shards' old rows stayed beside the
     new ones. It must be planned again on the compacted snapshot instead."""
     from etl.sinks import delta_commits
-    from etl.sinks.maintenance import compact
+    from etl.sinks.compaction import compact
 
     for i, shards in enumerate(([0, 1], [2, 3], [4, 5])):
         commit_files(table_uri, SCHEMA, write(table_uri, shards, "old", f"o{i}"), {"run_id": "old"})
@@ -150,7 +150,7 @@ def test_a_replacement_planned_before_a_compaction_lands_after_it_exactly_once(t
     def plan_then_compact(*args, **kwargs):
         plan = planned(*args, **kwargs)
         if not compacted:  # the first attempt's plan goes stale: maintenance lands in between
-            compacted.append(compact(open_table(table_uri), 128 << 20)["numFilesRemoved"])
+            compacted.append(compact(table_uri, open_table(table_uri), 128 << 20).files_removed)
         return plan
 
     monkeypatch.setattr(delta_commits, "_plan_replacement", plan_then_compact)

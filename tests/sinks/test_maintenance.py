@@ -63,8 +63,10 @@ def test_compaction_leaves_one_file_per_bucket_with_every_row_and_a_checkpoint(o
     fs, root = storage.resolve(storage.join(output, "samples"))
     assert storage.exists(fs, storage.join(root, "_delta_log", f"{after.version():020d}.checkpoint.parquet"))
     assert after.metadata().configuration == table_properties(MaintenanceConfig())
-    history = [entry["operation"] for entry in after.history(5)]
-    assert "OPTIMIZE" in history and not any(op.startswith("VACUUM") for op in history)  # nothing expired yet
+    history = after.history(5)
+    [compaction] = [entry for entry in history if entry.get("maintenance") == "compaction"]
+    assert (compaction["removed_files"], compaction["files"]) == (SHARDS * BUCKETS, BUCKETS)
+    assert not any(entry["operation"].startswith("VACUUM") for entry in history)  # nothing expired yet
 
 
 def test_maintaining_again_changes_no_file(output):
