@@ -71,9 +71,10 @@ def absolute_model_paths(config: JobConfig) -> JobConfig:
         for name in ("captioner", "embedder", "vae")})})
 
 
-def stage_dataset(dataset, step: Step, retries: tuple[dict, dict]):
+def stage_dataset(dataset, step: Step, retries: tuple[dict, dict], strategies: Optional[dict] = None):
     """`dataset` with `step`'s stage applied as its resources say: Ray tasks (fused into the
-    read when their remote args match) or an actor pool."""
+    read when their remote args match) or an actor pool, placed as it asks (`strategies`: the
+    scheduling strategy of each reserved pool, from etl.reservations)."""
     from ray.data import ActorPoolStrategy
 
     resources = step.resources
@@ -81,6 +82,8 @@ def stage_dataset(dataset, step: Step, retries: tuple[dict, dict]):
     args.update({key: value for key, value in (("num_gpus", resources.gpus), ("memory", resources.memory),
                                                ("batch_size", resources.batch_rows),
                                                ("concurrency", resources.max_tasks)) if value})
+    if resources.placement == "reserved" and step.name in (strategies or {}):
+        args["scheduling_strategy"] = strategies[step.name]
     if resources.actors is None:
         return dataset.map_batches(step.stage(*step.arguments), **args, **retries[0])
     concurrency = ({"max_concurrent_calls_per_actor": resources.concurrent_batches, "enable_true_multi_threading": True}
@@ -162,6 +165,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     from etl.mds import load_index
     from etl.operator_memory import operator_memory
     from etl.planner.live import plan_when_ready
+    from etl.reservations import reserved
     from etl.stages.previews import CONTACT_SHEET_SAMPLES, preview_rows
 
     started, started_wall = time.perf_counter(), time.time()
@@ -192,8 +196,9 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     committer = _committer(config, schemas, run_id, {s: index[s].samples for s in work.todo}, work.mode)
     try:
         steps = [stage.step(context) for stage in STAGES]
-        dataset = build_dataset(source, context, steps)
-        _commit_as_written(dataset, committer)
+        with reserved(steps, run_id, config.ray.wait_for_nodes_s) as strategies:
+            dataset = build_dataset(source, context, steps, strategies)
+            _commit_as_written(dataset, committer)
         summary.stage_stats = dataset.stats()
         summary.operator_memory = [memory.as_dict() for memory in operator_memory(
             dataset, {"ReadMDS": plan.read_task_memory, **{step.name: step.resources.memory for step in steps}})]
@@ -208,9 +213,9 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     return summary
 
 
-def build_dataset(source, context: RunContext, steps: list[Step]):
+def build_dataset(source, context: RunContext, steps: list[Step], strategies: Optional[dict] = None):
     """The whole Ray Data plan: the read, then every stage (`steps`, in STAGES order), their
-    contract checked first."""
+    contract checked first; `strategies` places the reserved pools (etl.reservations)."""
     from etl.sources.read import read_mds
 
     check_contract(steps, context.input_types)
@@ -220,7 +225,7 @@ def build_dataset(source, context: RunContext, steps: list[Step]):
     dataset = read_mds(source, num_cpus=plan.task_cpus, memory=plan.read_task_memory,
                        concurrency=plan.read_concurrency, ray_remote_args=retries[0])
     for step in steps:
-        dataset = stage_dataset(dataset, step, retries)
+        dataset = stage_dataset(dataset, step, retries, strategies)
     return configure_execution(dataset, context.config)
 
 

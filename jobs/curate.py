@@ -92,7 +92,9 @@ def write_summary_json(summary, path: str) -> None:
                    # where the time to the first commit goes: when each stage finished its first row
                    # (whole seconds, as the timeline counts them)
                    first_rows_seconds={stage: round(min(seconds) - summary.started_at, 1)
-                                       for stage, seconds in summary.timeline.items() if seconds})
+                                       for stage, seconds in summary.timeline.items() if seconds},
+                   last_rows_seconds={stage: round(max(seconds) - summary.started_at, 1)
+                                      for stage, seconds in summary.timeline.items() if seconds})
     figures["placement"] = placement_by_node(summary.placement)  # stage -> node -> actors or tasks, rows
     Path(path).write_text(json.dumps(figures, indent=2))
 

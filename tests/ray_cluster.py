@@ -67,8 +67,26 @@ class RayCluster:
         self.nodes.append(node)
         return node
 
-    def start_head(self, cpus: float = 0) -> Node:
-        """The head; with no CPUs (the default, as production's) it runs the driver and no work."""
+    def start_head(self, cpus: float = 0, attempts: int = 2) -> Node:
+        """The head; with no CPUs (the default, as production's) it runs the driver and no work.
+        Tried again on fresh ports when `ray start` gives up: it waits a fixed 30 s for its
+        raylet to register, which a loaded 2-core machine missed once ("GCS cannot find the node")."""
+        for attempt in range(attempts):
+            try:
+                return self._start_head(cpus)
+            except AssertionError:
+                if attempt == attempts - 1:
+                    raise
+                failed = self.nodes.pop()
+                try:  # the GCS and raylet it started outlive `ray start` in its process group
+                    self.kill_node(failed)
+                except ProcessLookupError:
+                    pass
+                shutil.rmtree(failed.temp_dir, ignore_errors=True)
+                self.port, self.dashboard_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start_head(self, cpus: float) -> Node:
         agent_http, agent_grpc, metrics = free_port(), free_port(), free_port()
         memory = ["--memory", "0", "--object-store-memory", str(256 << 20)] if not cpus else []
         head = self._start("head", [
@@ -83,10 +101,13 @@ class RayCluster:
         return head
 
     def add_worker(self, name: str, cpus: float, memory_gb: float, object_store_gb: float = 0.5,
-                   resources: Optional[dict] = None) -> Node:
-        """A worker node; `resources` (custom ones) stand for its node type."""
+                   resources: Optional[dict] = None, gpus: int = 0, accelerator: Optional[str] = None) -> Node:
+        """A worker node; `resources` (custom ones) stand for its node type. `gpus` are logical:
+        a stand-in GPU node, whose `accelerator` (Ray's accelerator type, e.g. L4) tells the
+        planner its GPU memory. The models placed there find no CUDA and run on its CPUs."""
         known = {n.node_id for n in self.alive_nodes()}
-        arguments = ["--address", self.address, "--num-cpus", str(cpus), "--num-gpus", "0",
+        resources = {**(resources or {}), **({f"accelerator_type:{accelerator}": 1} if accelerator else {})}
+        arguments = ["--address", self.address, "--num-cpus", str(cpus), "--num-gpus", str(gpus),
                      "--memory", str(int(memory_gb * (1 << 30))),
                      "--object-store-memory", str(int(object_store_gb * (1 << 30))),
                      "--dashboard-agent-listen-port", str(free_port()),

@@ -6,8 +6,8 @@ and it does not honour `max_commit_retries=0`. Two backfills maintaining the sam
 once left every row twice (tests/test_recovery.py, version 18: 188 rows, 94 ids; 4 files
 compacted twice from one snapshot: 16 rows for 8).
 
-Here each bucket's small files, in their order of arrival, are packed greedily into files of
-up to the target size (files never merge across buckets; a compacted file covers a run of
+Here each bucket's (partition's) small files, in their order of arrival, are packed greedily
+into files of up to the target size (files never merge across buckets; a compacted file covers a run of
 neighbouring shards, so a later shard-range backfill rewrites few files). The removes and adds
 (`dataChange=false`: the same rows, values and `run_id`) are one transaction that lands only on
 the version it was planned on. When another commit got there first, the log entries in between
@@ -20,6 +20,7 @@ decide:
 """
 
 import json
+import posixpath
 import uuid
 from urllib.parse import unquote
 from dataclasses import dataclass, field
@@ -70,26 +71,29 @@ def compact(uri: str, table, target_bytes: int) -> Compaction:
                             "that removed the same files")
 
 
-def plan_bins(table, target_bytes: int) -> list[tuple[int, list[dict[str, Any]]]]:
-    """(bucket, files) for each run of at least two files below `target_bytes` that together stay
-    within it, in each bucket's order of arrival."""
+def plan_bins(table, target_bytes: int) -> list[tuple[dict[str, str], list[dict[str, Any]]]]:
+    """(partition values, files) for each run of at least two files below `target_bytes` that
+    together stay within it, in each partition's order of arrival (an unpartitioned table, like
+    the runs ledger, is one partition)."""
+    columns = table.metadata().partition_columns
     actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
-    by_bucket: dict[int, list[dict[str, Any]]] = {}
+    by_partition: dict[tuple, list[dict[str, Any]]] = {}
     for action in actions:
         if action["size_bytes"] < target_bytes:
-            by_bucket.setdefault(int(action[f"partition.{PARTITION_COLUMN}"]), []).append(action)
+            key = tuple(str(action[f"partition.{column}"]) for column in columns)
+            by_partition.setdefault(key, []).append(action)
     bins = []
-    for bucket, files in sorted(by_bucket.items()):
+    for key, files in sorted(by_partition.items()):
         files.sort(key=lambda a: (a["modification_time"], a["path"]))
         current, size = [], 0
         for action in files:
             if current and size + action["size_bytes"] > target_bytes:
-                bins.append((bucket, current))
+                bins.append((dict(zip(columns, key)), current))
                 current, size = [], 0
             current.append(action)
             size += action["size_bytes"]
-        bins.append((bucket, current))
-    return [(bucket, files) for bucket, files in bins if len(files) > 1]
+        bins.append((dict(zip(columns, key)), current))
+    return [(partition, files) for partition, files in bins if len(files) > 1]
 
 
 def _rewrite(uri: str, bins) -> tuple[list, list, list[str]]:
@@ -105,14 +109,15 @@ def _rewrite(uri: str, bins) -> tuple[list, list, list[str]]:
     return removes, adds, [add.path for add in adds]
 
 
-def _rewrite_bin(uri: str, name: str, bucket: int, files: list[dict[str, Any]]) -> tuple[list, Any]:
+def _rewrite_bin(uri: str, name: str, partition: dict[str, str], files: list[dict[str, Any]]) -> tuple[list, Any]:
     from deltalake.transaction import AddAction, RemoveAction
 
     fs, root = storage.resolve(uri)
     parts = [pq.read_table(pa.BufferReader(storage.read_file(fs, storage.join(root, a["path"]))[0])) for a in files]
     rows = pa.concat_tables(parts, promote_options="default")  # files from older schema versions too
-    entry = file_entry(fs, root, f"{PARTITION_COLUMN}={bucket}/part-compacted-{name}.parquet", rows, bucket)
-    partition = {PARTITION_COLUMN: str(bucket)}
+    folder = "/".join(f"{column}={value}" for column, value in partition.items())
+    entry = file_entry(fs, root, posixpath.join(folder, f"part-compacted-{name}.parquet"), rows,
+                       partition.get(PARTITION_COLUMN))
     add = AddAction(path=entry["path"], size=entry["size"], partition_values=partition,
                     modification_time=entry["modification_time"], data_change=False, stats=entry["stats"])
     removes = [RemoveAction(path=a["path"], data_change=False, deletion_timestamp=entry["modification_time"],
@@ -132,7 +137,8 @@ def _commit_until_removed_elsewhere(uri: str, table, removes: list, adds: list, 
         done.attempts += 1
         try:
             table.create_write_transaction(
-                removes + adds, mode="append", schema=table.schema(), partition_by=[PARTITION_COLUMN],
+                removes + adds, mode="append", schema=table.schema(),
+                partition_by=table.metadata().partition_columns or None,
                 commit_properties=CommitProperties(max_commit_retries=0, custom_metadata={
                     "maintenance": "compaction", "removed_files": len(removes), "files": len(adds)}))
             table.update_incremental()

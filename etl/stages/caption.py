@@ -41,7 +41,7 @@ class CaptionStage:
                     {**adds, **rows.stamp_types("caption"), rows.ENGINE_STATS: rows.TYPES[rows.ENGINE_STATS]},
                     Resources(cpus=plan.engine_cpus, gpus=plan.engine_gpus, memory=plan.engine_memory,
                               actors=plan.engines, batch_rows=caption_batch_rows(config),
-                              concurrent_batches=caption_batches_per_actor(config)),
+                              concurrent_batches=caption_batches_per_actor(config), placement="reserved"),
                     drops=optional)  # consumed; the views go on
 
     def __init__(self, config: JobConfig, text_column: Optional[str], kv_cache_bytes: Optional[int] = None,

@@ -32,7 +32,8 @@ class EncodeStage:
         return Step(cls, (run.config, adds[rows.EMBEDDING], samples.field(rows.LATENTS).type.value_type),
                     (rows.CAPTION_FRAMES, rows.CROP_FRAMES), {**adds, **rows.stamp_types("encode")},
                     Resources(cpus=plan.encoder_cpus, gpus=plan.encoder_gpus, memory=plan.encoder_memory,
-                              actors=plan.encoders, batch_rows=run.config.models.embedder.batch_size),
+                              actors=plan.encoders, batch_rows=run.config.models.embedder.batch_size,
+                              placement="reserved"),
                     drops=(rows.CAPTION_FRAMES, rows.CROP_FRAMES))
 
     def __init__(self, config: JobConfig, embedding_type: pa.FixedShapeTensorType,

@@ -29,6 +29,9 @@ class Resources:
     max_tasks: Optional[int] = None  # Ray tasks: at most this many at once (the read's, to fuse with it)
     batch_rows: Optional[int] = None  # None: whole blocks
     concurrent_batches: int = 1      # batches one actor takes at once
+    # Where Ray puts the pool's actors: "spread" (Ray Data's default: one node after another) or
+    # "reserved" (a placement group holds their resources before any work starts: etl.reservations)
+    placement: str = "spread"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The curation job on a real cluster of several nodes (tests/ray_cluster.py): a head that runs
-no work and worker nodes of 2 CPUs, each with its own raylet, object store and temp folder,
-jobs sent with `ray job submit`. What Ray did is read from the run's own summary (where each
-row went through each stage) and compared with the plan; then a node is SIGKILLed mid-run and
-another joins, and every sample must still land exactly once, without `--resume`."""
+no work, a stand-in GPU node (one logical L4 GPU: the planner puts the captioner and encoders
+there, and they run on its CPUs for want of CUDA) and two CPU nodes of 2 CPUs, each node with its
+own raylet, object store and temp folder, jobs sent with `ray job submit`. What Ray did is read
+from the run's own summary (where each row went through each stage) and compared with the plan;
+then the GPU node is SIGKILLed mid-run while another GPU node joins, and every sample must still
+land exactly once, without `--resume`."""
 
 import json
 import time
@@ -22,11 +24,17 @@ def cluster():
     cluster = new_cluster()
     try:
         cluster.start_head()
+        _add_gpu_node(cluster, "gpu0")
         for name in ("cpu0", "cpu1"):
             cluster.add_worker(name, cpus=2, memory_gb=5, resources={"cpu_node": 1})
         yield cluster
     finally:
         cluster.stop()
+
+
+def _add_gpu_node(cluster, name: str):
+    # 3 logical CPUs: the engine's (resources.captioner.cpus_per_engine), the encoder's and task room
+    return cluster.add_worker(name, cpus=3, gpus=1, accelerator="L4", memory_gb=8, resources={"gpu_node": 1})
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +44,8 @@ def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
     config = submitted_job(root, SAMPLES, PER_SHARD, BROKEN, rows_per_write=8, commit_every_shards=2)
     settings = yaml.safe_load(config.read_text())
-    settings["ray"]["min_worker_nodes"] = 2  # the fixture's workers: plan on both
+    settings["ray"]["min_worker_nodes"] = 3  # the fixture's workers: plan on all of them
+    settings.setdefault("resources", {}).setdefault("captioner", {})["cpus_per_engine"] = 1
     config.write_text(yaml.safe_dump(settings))
     return root
 
@@ -93,13 +102,24 @@ def test_the_job_runs_where_its_plan_says_on_every_node(cluster, job):
     assert {stage: sum(n["rows"] for n in nodes.values()) for stage, nodes in where.items()} == {
         stage: SAMPLES for stage in STAGES}
     assert not any("head" in nodes for nodes in where.values()), where
-    # the actor pools Ray ran are the plan's: as many actors, none doubled up beyond the plan
-    for stage, unit in (("caption", "engines"), ("encode", "encoders"), ("decode", "decode_actors"),
-                        ("write", "writers")):
-        assert sum(n["workers"] for n in where[stage].values()) == planned[unit], (stage, where[stage], planned)
-    assert all(n["workers"] <= 1 for n in where["caption"].values())  # one engine per node at most
-    # read tasks ran on every worker node: each has task room in the plan
-    assert set(where["read"]) == {"cpu0", "cpu1"}, where["read"]
+    # the actor pools Ray ran are the plan's (from Ray's State API: an actor that started late may
+    # have had no rows left to take)
+    actors = cluster.actors()
+
+    def pool(stage_class: str) -> list:
+        return [a for a in actors if f"MapBatches({stage_class})" in a.class_name]
+
+    for stage_class, unit in (("CaptionStage", "engines"), ("EncodeStage", "encoders"),
+                              ("DecodeStage", "decode_actors"), ("WriteStage", "writers")):
+        assert len(pool(stage_class)) == planned[unit], (stage_class, pool(stage_class), planned)
+    # the models on the GPU node type only, one engine per GPU node, in the room held for them
+    # from the start (etl.reservations), not in whatever decode and the reads had left of the node
+    assert set(where["caption"]) == set(where["encode"]) == {"gpu0"}, where
+    assert where["caption"]["gpu0"]["workers"] == 1
+    assert all(a.placement_group_id for a in pool("CaptionStage") + pool("EncodeStage"))
+    # decode actors spread, one per node, and read tasks ran on every CPU node
+    assert len({a.node_id for a in pool("DecodeStage")}) == planned["decode_actors"], pool("DecodeStage")
+    assert {"cpu0", "cpu1"} <= set(where["read"]), where["read"]  # gpu0's spare CPU may hold a decode actor
     assert summary["cluster"]["lost_nodes"] == [] and summary["cluster"]["joined_nodes"] == []
     print(f"placement (planned {planned}): {where}")
 
@@ -110,16 +130,17 @@ def test_a_node_lost_mid_run_costs_no_row_and_a_joining_node_takes_its_work(clus
     while "Starting execution of Dataset" not in client.get_job_logs(submission):  # planned: the pools are sized
         assert time.monotonic() < deadline, "the job did not start its dataset"
         time.sleep(1)
-    joined = cluster.add_worker("cpu2", cpus=2, memory_gb=5, resources={"cpu_node": 1})
+    joined = _add_gpu_node(cluster, "gpu1")  # a spot GPU node comes while another goes
     first_commit = output / "samples" / "_delta_log" / "00000000000000000000.json"
     while not first_commit.exists():
         ended = str(client.get_job_status(submission)).endswith(("SUCCEEDED", "FAILED", "STOPPED"))
         assert not ended and time.monotonic() < deadline, "the job ended (or stalled) before its first commit"
         time.sleep(0.5)
-    # the node holding the encoder: the actor with the most work left when the first rows land
+    # the GPU node holding the engine and the encoder (the actors with the most work left)
     actors = cluster.actors()
     encoder_node = next(a.node_id for a in actors if "EncodeStage" in a.class_name and a.state == "ALIVE")
     lost = next(node for node in cluster.nodes if node.node_id == encoder_node)
+    assert lost.name == "gpu0"
     killed_at = time.time()
     cluster.kill_node(lost)
     status = _wait(client, submission)
@@ -133,9 +154,9 @@ def test_a_node_lost_mid_run_costs_no_row_and_a_joining_node_takes_its_work(clus
     assert [node["node_id"] for node in events["joined_nodes"]] == [joined.node_id], events
     assert events["restarted_actors"] or events["retried_tasks"], events
     assert any("EncodeStage" in actor["actor"] for actor in events["restarted_actors"]), events
-    # the joining node's capacity was used: rows were read there, or the lost node's actors came back there
+    # the joining GPU node took the lost one's models: captions and encodings were made there
     where = _where(summary, cluster)
-    assert "cpu2" in {node for nodes in where.values() for node in nodes}, where
+    assert where["caption"].get("gpu1", {}).get("rows") and where["encode"].get("gpu1", {}).get("rows"), where
     # recovered: the first commit after Ray marked the node dead
     died_at = events["lost_nodes"][0]["died_at"]
     recovered = [t + summary["started_at"] - died_at for t in summary["commit_seconds"]

@@ -157,3 +157,19 @@ def test_compactions_and_appends_racing_in_threads_keep_every_row_once(uri):
     ids = got.column("sample_id").to_pylist()
     assert (len(ids), len(set(ids))) == (want.num_rows, want.num_rows)
     assert got.to_pylist() == want.to_pylist()
+
+
+def test_an_unpartitioned_table_is_one_partition(storage_root):
+    """The runs ledger: plain appends, no bucket column."""
+    from deltalake import write_deltalake
+
+    uri = storage.join(storage_root, "runs")
+    for run in range(5):
+        write_deltalake(uri, pa.table({"run_id": [f"r{run}"] * 3, "shard": [run, run + 1, run + 2]}), mode="append",
+                        storage_options=storage.delta_storage_options(uri))
+    done = compact(uri, open_table(uri), TARGET)
+    after = open_table(uri)
+    assert (done.files_removed, done.files_added, len(after.file_uris())) == (5, 1, 1)
+    assert "/" not in done.written[0]  # in the table's root, as its other files
+    rows = after.to_pyarrow_table().sort_by([("run_id", "ascending"), ("shard", "ascending")])
+    assert rows.column("shard").to_pylist() == [s for run in range(5) for s in (run, run + 1, run + 2)]

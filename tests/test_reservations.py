@@ -1,0 +1,66 @@
+"""The model actors' room, held before any work: one bundle per actor, placed before the block
+runs, removed after it (also when it raises), and a clear refusal when the cluster cannot hold
+it. On the session's local Ray (2 CPUs); the multi-node placement is in
+tests/cluster/test_multinode.py."""
+
+import pytest
+
+from etl.reservations import ReservationError, bundles, reserved
+from etl.stages.stage import Resources, Step
+
+
+class EngineStage:
+    pass
+
+
+class DecodeStage:
+    pass
+
+
+def _step(stage, **resources) -> Step:
+    return Step(stage, (), (), {}, Resources(**resources))
+
+
+def _state(name: str) -> set[str]:
+    from ray.util.placement_group import placement_group_table
+
+    return {entry["state"] for entry in placement_group_table().values() if entry["name"] == name}
+
+
+def test_one_bundle_per_actor_with_what_each_asks_for():
+    step = _step(EngineStage, cpus=0.5, gpus=0.0, memory=1 << 30, actors=2, placement="reserved")
+    assert bundles(step) == [{"CPU": 0.5, "memory": 1 << 30}] * 2  # nothing asked of a resource: no key
+
+
+def test_the_reserved_pools_are_held_for_the_block_and_released_after(ray_local):
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    steps = [_step(EngineStage, cpus=0.5, memory=256 << 20, actors=2, placement="reserved"),
+             _step(DecodeStage, cpus=0.5, actors=1)]
+    with reserved(steps, "run-a", timeout_s=60) as strategies:
+        assert list(strategies) == ["EngineStage"]  # the decode pool is left to Ray Data's spread
+        assert isinstance(strategies["EngineStage"], PlacementGroupSchedulingStrategy)
+        assert _state("run-a-EngineStage") == {"CREATED"}
+        held = ray_local.available_resources().get("CPU", 0)
+        assert held <= 2 - 1.0 + 1e-6  # the two bundles' CPUs are out of the free pool
+        # an actor scheduled with the strategy runs inside the group
+        probe = ray_local.remote(num_cpus=0.5, memory=256 << 20)(_Where).options(
+            scheduling_strategy=strategies["EngineStage"]).remote()
+        assert ray_local.get(probe.group.remote()) == strategies["EngineStage"].placement_group.id.hex()
+        ray_local.kill(probe)
+    assert _state("run-a-EngineStage") == {"REMOVED"}
+
+
+class _Where:
+    def group(self) -> str:
+        import ray
+
+        return ray.util.get_current_placement_group().id.hex()
+
+
+def test_room_the_cluster_cannot_hold_is_refused_by_pool_within_the_wait(ray_local):
+    steps = [_step(EngineStage, cpus=64, actors=1, placement="reserved")]
+    with pytest.raises(ReservationError, match=r"EngineStage's 1 actor\(s\) \(\{'CPU': 64\} each\) within 2 s"):
+        with reserved(steps, "run-b", timeout_s=2):
+            pass
+    assert _state("run-b-EngineStage") == {"REMOVED"}
