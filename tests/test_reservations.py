@@ -64,3 +64,36 @@ def test_room_the_cluster_cannot_hold_is_refused_by_pool_within_the_wait(ray_loc
         with reserved(steps, "run-b", timeout_s=2):
             pass
     assert _state("run-b-EngineStage") == {"REMOVED"}
+
+
+def test_a_group_left_unplaced_past_the_wait_interrupts_the_run_by_name(ray_local):
+    """What a group whose node died looks like to the watch: not CREATED. (Placed, then losing
+    its node, is the multi-node test's: tests/cluster/test_multinode.py.)"""
+    import time
+
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from etl.reservations import RoomWatch
+
+    step = _step(EngineStage, cpus=64, actors=1, placement="reserved")
+    group = placement_group(bundles(step), name="run-c-EngineStage")
+    watch = RoomWatch({"EngineStage": group}, [step], timeout_s=1, check_every_s=0.2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            watch.start()
+            while time.monotonic() - started < 30:
+                time.sleep(0.05)
+        assert watch.lost and "EngineStage's actors lost the node" in watch.lost and "within 1 s" in watch.lost
+        assert time.monotonic() - started < 5
+    finally:
+        watch.stop.set()
+        remove_placement_group(group)
+
+
+def test_the_watch_stays_quiet_while_the_groups_are_placed(ray_local):
+    import time
+
+    steps = [_step(EngineStage, cpus=0.5, actors=1, placement="reserved")]
+    with reserved(steps, "run-d", timeout_s=0.5, check_every_s=0.1):
+        time.sleep(1.5)  # three times the wait: a placed group never trips it

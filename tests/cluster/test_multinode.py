@@ -50,13 +50,13 @@ def job(tmp_path_factory):
     return root
 
 
-def _submit(cluster, job: Path, name: str):
+def _submit(cluster, job: Path, name: str, config: str = "job.yaml", options: tuple = ()):
     from ray.job_submission import JobSubmissionClient
 
     output = job / name
-    submitted = cluster.submit(["python", "-m", "jobs.curate", "--config", str(job / "job.yaml"), "--input",
+    submitted = cluster.submit(["python", "-m", "jobs.curate", "--config", str(job / config), "--input",
                                 str(job / "mds"), "--output", str(output), "--text-column", "text",
-                                "--summary-json", str(job / f"{name}.json")], no_wait=True)
+                                "--summary-json", str(job / f"{name}.json"), *options], no_wait=True)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     submission = next(word.strip("'") for word in (submitted.stdout + submitted.stderr).split()
                       if word.strip("'").startswith("raysubmit_"))
@@ -81,6 +81,10 @@ def _exactly_once(output: Path) -> tuple[int, int]:
     assert len(set(samples)) == len(samples) and not set(samples) & set(quarantined)
     assert len(samples) + len(quarantined) == SAMPLES and len(quarantined) == 1
     return len(samples), len(quarantined)
+
+
+def _names(cluster) -> dict[str, str]:
+    return {node.node_id: node.name for node in cluster.nodes}
 
 
 def _where(summary: dict, cluster) -> dict[str, dict[str, dict]]:
@@ -121,7 +125,9 @@ def test_the_job_runs_where_its_plan_says_on_every_node(cluster, job):
     assert len({a.node_id for a in pool("DecodeStage")}) == planned["decode_actors"], pool("DecodeStage")
     assert {"cpu0", "cpu1"} <= set(where["read"]), where["read"]  # gpu0's spare CPU may hold a decode actor
     assert summary["cluster"]["lost_nodes"] == [] and summary["cluster"]["joined_nodes"] == []
-    print(f"placement (planned {planned}): {where}")
+    print(f"placement (planned {planned}): {where}; decode actors on "
+          f"{sorted(_names(cluster)[a.node_id] for a in pool('DecodeStage'))}; first rows at "
+          f"{summary['first_rows_seconds']} s, last at {summary['last_rows_seconds']} s")
 
 
 def test_a_node_lost_mid_run_costs_no_row_and_a_joining_node_takes_its_work(cluster, job):
@@ -168,3 +174,39 @@ def test_a_node_lost_mid_run_costs_no_row_and_a_joining_node_takes_its_work(clus
           f"{recovered[0]:.1f} s after that, run {summary['seconds']:.0f} s; {committed} samples + {quarantined} "
           f"quarantined, each once; retried {events['retried_tasks']}; restarted {events['restarted_actors']}; "
           f"placement {where}")
+
+
+def test_losing_the_last_gpu_node_stops_the_run_by_name_and_resume_finishes_it(cluster, job):
+    """After the test above, gpu1 is the only GPU node. Killed, with no GPU node to come within
+    ray.wait_for_nodes_s, the run stops naming the models it could not place (rather than wait
+    forever); --resume then plans on the CPU nodes and finishes, each sample exactly once."""
+    settings = yaml.safe_load((job / "job.yaml").read_text())
+    settings["ray"].update({"wait_for_nodes_s": 20, "min_worker_nodes": 2})
+    (job / "short_wait.yaml").write_text(yaml.safe_dump(settings))
+    client, submission, output = _submit(cluster, job, "stranded", "short_wait.yaml")
+    first_commit = output / "samples" / "_delta_log" / "00000000000000000000.json"
+    deadline = time.monotonic() + 600
+    while not first_commit.exists():
+        ended = str(client.get_job_status(submission)).endswith(("SUCCEEDED", "FAILED", "STOPPED"))
+        assert not ended and time.monotonic() < deadline, "the job ended (or stalled) before its first commit"
+        time.sleep(0.5)
+    gpu1 = next(node for node in cluster.nodes if node.name == "gpu1")
+    killed_at = time.monotonic()
+    cluster.kill_node(gpu1)
+    status = _wait(client, submission)
+    stopped_after = time.monotonic() - killed_at
+    logs = client.get_job_logs(submission)
+    assert status == "FAILED", logs[-3000:]
+    assert "ReservationError" in logs and "lost the node holding their room" in logs, logs[-3000:]
+    assert "within 20 s (ray.wait_for_nodes_s" in logs
+    from deltalake import DeltaTable
+
+    kept = DeltaTable(str(output / "samples")).to_pyarrow_table(columns=["sample_id"]).column(0).to_pylist()
+    assert 0 < len(kept) == len(set(kept)) < SAMPLES
+    client, resumed, _ = _submit(cluster, job, "stranded", "short_wait.yaml", ("--resume",))
+    assert _wait(client, resumed) == "SUCCEEDED", client.get_job_logs(resumed)[-4000:]
+    _exactly_once(output)
+    summary = json.loads((job / "stranded.json").read_text())
+    assert set(_where(summary, cluster)["caption"]) <= {"cpu0", "cpu1"}  # the models on CPU nodes now
+    print(f"stranded: the run stopped {stopped_after:.0f} s after its last GPU node died, with {len(kept)} "
+          f"samples committed; --resume finished on the CPU nodes in {summary['seconds']:.0f} s")
