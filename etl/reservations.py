@@ -77,9 +77,11 @@ class RoomWatch(threading.Thread):
     """Interrupts the driver when a group has not been placed for `timeout_s` (Ray marks a group
     whose node died RESCHEDULING until its bundles find room elsewhere)."""
 
-    def __init__(self, groups: dict, steps: list[Step], timeout_s: float, check_every_s: float):
+    def __init__(self, groups: dict, steps: list[Step], timeout_s: float, check_every_s: float,
+                 interrupt=None):
         super().__init__(daemon=True, name="room-watch")
         self.groups, self.steps, self.timeout_s, self.check_every_s = groups, steps, timeout_s, check_every_s
+        self.interrupt = interrupt or _interrupt_driver
         self.stop, self.lost = threading.Event(), None
 
     def run(self) -> None:
@@ -96,9 +98,7 @@ class RoomWatch(threading.Thread):
                 if time.monotonic() - since >= self.timeout_s and not self.stop.is_set():
                     self.lost = self._message(name, state)
                     logger.error(self.lost)
-                    # a real SIGINT to the main thread: it wakes a blocking wait, which
-                    # _thread.interrupt_main's flag does not (the driver waited on in Ray Data)
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                    self.interrupt()
                     return
 
     def _message(self, name: str, state: Optional[str]) -> str:
@@ -106,6 +106,12 @@ class RoomWatch(threading.Thread):
         return (f"{name}'s actors lost the node holding their room and no node with room for them "
                 f"({bundles(step)[0]} each) joined within {self.timeout_s:.0f} s (ray.wait_for_nodes_s; "
                 f"placement group {state}): the run stops; what it committed stays, and --resume goes on")
+
+
+def _interrupt_driver() -> None:
+    # a real SIGINT to the main thread: it wakes a blocking wait, which _thread.interrupt_main's
+    # flag does not (the driver waited on in Ray Data's iterator)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
 def _wait_until_placed(groups: dict, steps: list[Step], timeout_s: float) -> None:
