@@ -94,8 +94,17 @@ def test_a_group_left_unplaced_past_the_wait_interrupts_the_run_by_name(ray_loca
 
 
 def test_the_watch_stays_quiet_while_the_groups_are_placed(ray_local):
+    import threading
     import time
 
+    from etl.reservations import RoomWatch
+
     steps = [_step(EngineStage, cpus=0.5, actors=1, placement="reserved")]
-    with reserved(steps, "run-d", timeout_s=0.5, check_every_s=0.1):
+    with reserved(steps, "run-d", timeout_s=60) as strategies:
+        interrupted = threading.Event()
+        watch = RoomWatch({"EngineStage": strategies["EngineStage"].placement_group}, steps, timeout_s=0.5,
+                          check_every_s=0.1, interrupt=interrupted.set)
+        watch.start()
         time.sleep(1.5)  # three times the wait: a placed group never trips it
+        watch.stop.set()
+        assert not interrupted.is_set() and watch.lost is None

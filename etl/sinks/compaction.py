@@ -141,19 +141,17 @@ def _commit_until_removed_elsewhere(uri: str, table, removes: list, adds: list, 
                 partition_by=table.metadata().partition_columns or None,
                 commit_properties=CommitProperties(max_commit_retries=0, custom_metadata={
                     "maintenance": "compaction", "removed_files": len(removes), "files": len(adds)}))
-            table.update_incremental()
-            done.version = table.version()
-            return "landed"
         except CommitFailedError:
             checked, since = log_actions_after(uri, planned)
-            if ours_added & since["add"]:
-                table.update_incremental()
-                done.version = table.version()
-                return "landed"
-            if ours_removed & since["remove"]:
-                return "replan"
-            # exactly the versions checked: a commit landing after the check is checked next time
-            table.load_as_version(checked)
+            if not ours_added & since["add"]:  # else our commit landed: only its answer was lost
+                if ours_removed & since["remove"]:
+                    return "replan"
+                # exactly the versions checked: a commit landing after the check is checked next time
+                table.load_as_version(checked)
+                continue
+        table.update_incremental()  # landed (or found landed: only its answer was lost)
+        done.version = table.version()
+        return "landed"
     return "replan"
 
 

@@ -76,7 +76,7 @@ def test_bins_stay_within_the_target_and_skip_lone_files(uri):
     assert plan_bins(open_table(uri), min(sizes)) == []  # every file is already at the target
 
 
-def test_two_compactions_planned_on_one_snapshot_leave_every_row_once(uri):
+def test_two_compactions_planned_on_one_snapshot_leave_every_row_once(uri, monkeypatch):
     before = _rows(uri)
     first, second = open_table(uri), open_table(uri)
     compact(uri, first, TARGET)
@@ -88,11 +88,8 @@ def test_two_compactions_planned_on_one_snapshot_leave_every_row_once(uri):
         rewritten_by_second.extend(written)
         return removes, adds, written
 
-    compaction._rewrite = recording_rewrite
-    try:
-        late = compact(uri, second, TARGET)
-    finally:
-        compaction._rewrite = real_rewrite
+    monkeypatch.setattr(compaction, "_rewrite", recording_rewrite)
+    late = compact(uri, second, TARGET)
     assert (late.replans, late.version) == (1, None)  # lost, planned again: nothing left to pack
     assert _rows(uri).equals(before)
     assert rewritten_by_second and not any(_file_exists(uri, p) for p in rewritten_by_second)  # never referenced
