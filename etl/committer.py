@@ -56,18 +56,22 @@ class RunProgress:
     placement: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> "<node>/<worker>" -> rows
     previews: list[dict] = field(default_factory=list)              # contact-sheet rows (bounded by the plan)
     engine: dict = field(default_factory=dict)                      # summed captioner counters
+    filters: dict[str, int] = field(default_factory=dict)           # rule -> samples it rejected
+    filtered: int = 0                                               # samples any rule rejected
     ledgered: set = field(default_factory=set)
 
 
 class RunCommitter:
     def __init__(self, output: str, schemas: dict, run_id: str, config_json: str, expected: dict[int, int], *,
                  format: Literal["delta", "parquet"], mode: Literal["incremental", "replace"],
-                 cadence: CommitCadence, max_error_fraction: float, table_properties: Optional[dict[str, str]] = None):
+                 cadence: CommitCadence, max_error_fraction: float, table_properties: Optional[dict[str, str]] = None,
+                 commit_metadata: Optional[dict] = None):
         self.output, self.schemas, self.run_id, self.config_json = output, schemas, run_id, config_json
         self.table_properties = table_properties  # Delta properties of the tables this run creates
         self.expected, self.format, self.mode, self.cadence = expected, format, mode, cadence
         self.max_error_fraction = max_error_fraction
         self.progress = RunProgress()
+        self.commit_metadata = commit_metadata or {}  # for readers, in every commit (etl.ingest reads it)
         self.pending: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
         self._staged: list[tuple[str, dict]] = []
         self._finished_since_commit = 0
@@ -103,6 +107,9 @@ class RunCommitter:
             per_place = self.progress.placement.setdefault(stage, {})
             for place, count in places:
                 per_place[place] = per_place.get(place, 0) + count
+        for rule, count in counts.get("filters", {}).items():
+            self.progress.filters[rule] = self.progress.filters.get(rule, 0) + count
+        self.progress.filtered += counts.get("filtered", 0)
         for key, value in counts.get("engine", {}).items():
             self.progress.engine[key] = self.progress.engine.get(key, 0) + value
         self.progress.previews.extend(counts.get("previews", ())[:MAX_PREVIEWS - len(self.progress.previews)])
@@ -169,7 +176,8 @@ class RunCommitter:
                 continue
             if self.format == "delta":
                 version = commit_files(storage.join(self.output, name), self.schemas[name], files,
-                                       {"run_id": self.run_id, "round": self._rounds}, replace_shards=replace_shards,
+                                       {"run_id": self.run_id, "round": self._rounds, **self.commit_metadata},
+                                       replace_shards=replace_shards,
                                        properties=self.table_properties)
                 if version is None:
                     continue

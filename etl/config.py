@@ -92,6 +92,29 @@ class EmbedderConfig(_Section):
     # models.vae.batch_size=16`) is validated from that part alone, not from a default instance
     model: str = "models/tiny/clip"
     batch_size: int = Field(32, ge=1)
+    # The checkpoint's text tower (CLIP, SigLIP) embeds each caption, and scores it and the
+    # sample's own text against the image embedding: caption_embedding, clip_score_caption,
+    # clip_score_text. Off for an embedder without one (an image-only model).
+    text_tower: bool = True
+
+
+class TextEncoderConfig(_Section):
+    """The captions' text-encoder hidden states, stored next to the latents so a diffusion
+    training run never runs its text encoder: caption_text_states (max_length x width) and
+    caption_text_mask. At a real model's width that is ~0.24 MB a sample (77 x 768 float32)."""
+
+    kind: Literal["none", "clip", "t5"] = "none"
+    # clip: None takes the embedder's checkpoint (its text tower, already loaded); t5: a
+    # T5EncoderModel checkpoint, required
+    model: Optional[str] = None
+    max_length: int = Field(77, ge=1, le=4096)   # tokens per caption: padded or truncated to it
+    batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _t5_has_a_model(self):
+        if self.kind == "t5" and not self.model:
+            raise ValueError("kind 't5' needs model: the path or URI of a T5EncoderModel checkpoint")
+        return self
 
 
 class VaeConfig(_Section):
@@ -103,6 +126,7 @@ class ModelsConfig(_Section):
     captioner: CaptionerConfig = CaptionerConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     vae: VaeConfig = VaeConfig()
+    text_encoder: TextEncoderConfig = TextEncoderConfig()
     build_tiny_if_missing: bool = False  # only the demo/local config turns this on
 
 
@@ -130,6 +154,77 @@ class SinkConfig(_Section):
     commit_every_minutes: float = Field(5.0, gt=0)  # time since the last round, with files pending
     commit_every_files: int = Field(256, ge=1)      # files pending
     maintenance: MaintenanceConfig = MaintenanceConfig()
+
+
+class DedupConfig(_Section):
+    """`python -m jobs.dedup`: which duplicates it looks for (etl/dedup/). A duplicate is marked
+    against the first-ranked sample it matches: the earliest dedup pass that saw it, then the
+    lowest (shard, row)."""
+
+    exact: bool = True                         # the same decoded pixels in every frame
+    # near: every frame's pHash at most this many bits from its counterpart's (None: off). A
+    # JPEG re-encoded or resized lands 0-4 bits away, unrelated images ~32.
+    near_distance: Optional[int] = Field(4, ge=0, le=15)
+    # semantic: cosine of the pooled image embeddings at least this (None: off); candidates come
+    # from random-hyperplane LSH: a pair at the threshold shares a band with probability
+    # 1 - (1 - (1 - acos(t)/pi)^bits)^bands (0.99 at the defaults)
+    semantic_threshold: Optional[float] = Field(0.97, gt=0.0, le=1.0)
+    semantic_bands: int = Field(12, ge=1, le=63)
+    semantic_bits: int = Field(14, ge=1, le=56)
+    partitions: Optional[int] = Field(None, ge=1)  # of the key shuffle; None: 4 per CPU of the cluster
+
+
+SCORE_COLUMNS = ("quality", "aesthetics", "clip_score_caption", "clip_score_text")
+ScoreColumn = Literal["quality", "aesthetics", "clip_score_caption", "clip_score_text"]
+
+
+class ScoreBound(_Section):
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _in_order(self):
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) exceeds max ({self.max})")
+        return self
+
+
+class FiltersConfig(_Section):
+    """Rules a sample must meet to be used for training. A sample that fails one stays in
+    `samples`, complete, with the names of the rules it fails in `filtered_by` (etl.stages.filter):
+    its GPU work is kept, so a rule can be loosened later without re-processing, and
+    `samples + quarantine == input` holds as before. `etl.ingest.read_samples` leaves such rows
+    out unless asked for them; the run's summary and report give each rule's pass rate."""
+
+    # {score column: {min, max}}. A null score (an answer that could not be parsed) fails its
+    # bound; a null clip_score_text (the sample has no text) passes: there is nothing to score.
+    scores: dict[ScoreColumn, ScoreBound] = {}
+    min_side: Optional[int] = Field(None, ge=1)                # every frame's shorter side, as stored, in pixels
+    aspect_ratio: Optional[tuple[float, float]] = None         # (min, max) of every frame's width / height
+    max_frames: Optional[int] = Field(None, ge=1)
+    # read_samples leaves out what the last `jobs.dedup` pass marked as duplicates (unless told otherwise)
+    drop_duplicates: bool = True
+
+    @model_validator(mode="after")
+    def _ratio_in_order(self):
+        if self.aspect_ratio is not None and not 0 < self.aspect_ratio[0] <= self.aspect_ratio[1]:
+            raise ValueError(f"aspect_ratio {list(self.aspect_ratio)}: need 0 < min <= max")
+        return self
+
+    def rules(self) -> dict[str, str]:
+        """{rule name (as `filtered_by` names it): what it asks}, in a fixed order."""
+        found = {}
+        for column, bound in self.scores.items():
+            parts = [f"{op} {value:g}" for op, value in ((">=", bound.min), ("<=", bound.max)) if value is not None]
+            if parts:
+                found[column] = f"{column} {' and '.join(parts)}"
+        if self.min_side is not None:
+            found["min_side"] = f"every frame's shorter side >= {self.min_side} px"
+        if self.aspect_ratio is not None:
+            found["aspect_ratio"] = f"every frame's width/height in [{self.aspect_ratio[0]:g}, {self.aspect_ratio[1]:g}]"
+        if self.max_frames is not None:
+            found["max_frames"] = f"at most {self.max_frames} frames"
+        return found
 
 
 class DecodeResources(_Section):
@@ -185,7 +280,17 @@ class JobConfig(_Section):
     sink: SinkConfig = SinkConfig()
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
+    filters: FiltersConfig = FiltersConfig()
+    dedup: DedupConfig = DedupConfig()
     max_error_fraction: float = Field(0.01, ge=0.0, le=1.0)  # above it, the run fails
+
+    @model_validator(mode="after")
+    def _scores_exist(self):
+        alignment = [c for c in self.filters.scores if c.startswith("clip_score")]
+        if alignment and not self.models.embedder.text_tower:
+            raise ValueError(f"filters.scores {alignment} need the embedder's text tower: set "
+                             f"models.embedder.text_tower: true, or drop those bounds")
+        return self
 
 
 def _describe(error: ValidationError) -> str:

@@ -27,6 +27,9 @@ back as fixed-shape tensor columns, so `iter_torch_batches` stacks them without 
 | `latents`          | frames="first": (C, H, W), the first frame's latent;                   |
 |                    | frames=T: (T, C, H, W), the first T frames, zero after `frame_count`  |
 | `frame_embeddings` | as `latents`: (D,) or (T, D)                                          |
+| `caption_embedding`| (D,) float32: the caption's, from the embedder's text tower            |
+| `caption_text_states` | (L, W) float32: the text encoder's hidden states of the caption    |
+| `caption_text_mask`| (L,) int8: which of those L tokens are the caption's (1) or padding    |
 | `frame_sizes`      | unchanged lists of (w, h): metadata, not batchable by torch           |
 
 Strings (`sample_id`, `caption`, ...) come through as strings: select only numeric and tensor
@@ -47,6 +50,7 @@ from etl import storage
 logger = logging.getLogger(__name__)
 
 SAMPLES_TABLE = "samples"
+DROP_DUPLICATES_KEY = "drop_duplicates"  # commit metadata: the run's filters.drop_duplicates
 _FRAME_COLUMNS = ("latents", "frame_embeddings")  # one tensor per frame, a variable count per sample
 _SCORE_COLUMNS = ("quality", "aesthetics")
 
@@ -68,7 +72,8 @@ class SamplesSnapshot:
 def read_samples(output_uri: str, *, version: Optional[int] = None, min_quality: Optional[float] = None,
                  min_aesthetics: Optional[float] = None, columns: Optional[Sequence[str]] = None,
                  frames: Frames = "first",
-                 tensor_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> SamplesSnapshot:
+                 tensor_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                 apply_filters: bool = True, drop_duplicates: Optional[bool] = None) -> SamplesSnapshot:
     """The `samples` table under `output_uri` (`<output_uri>/samples`, local or s3://) as a
     Ray Dataset pinned to one Delta version.
 
@@ -86,6 +91,14 @@ def read_samples(output_uri: str, *, version: Optional[int] = None, min_quality:
         writers recorded tensor shapes in the table's schema; otherwise unused, and checked
         against what the table records.
 
+    apply_filters: leave out the rows that fail one of the run's filters (`filtered_by` not
+        empty, `etl.filters`); False returns them too, with `filtered_by` saying why.
+    drop_duplicates: leave out the rows `python -m jobs.dedup` marked as duplicates (its
+        `duplicates` table, latest version). A row is dropped only if the very row that pass
+        judged is the one read (same sample_id and run_id): a row re-processed or added since
+        that pass is kept until the next pass judges it. None: as the run that wrote the
+        pinned version says (`filters.drop_duplicates`), once a dedup pass has run.
+
     Raises FileNotFoundError when there is no Delta table at the path, ValueError for an
     unknown column, a version the table does not have, or a bad argument.
     """
@@ -102,15 +115,24 @@ def read_samples(output_uri: str, *, version: Optional[int] = None, min_quality:
     stored_fields = {f.name: f.metadata for f in table.schema().fields}
     allowed = list(stored_fields)
     wanted = list(allowed if columns is None else _check_columns(columns, allowed))
-    shapes = _shapes(path, stored_fields, tensor_shapes, [c for c in wanted if c in ("embedding", *_FRAME_COLUMNS)])
+    shapes = _shapes(path, stored_fields, tensor_shapes, [c for c in wanted if c in _tensor_columns(stored_fields)])
     read_columns = wanted + [c for c in bounds if c not in wanted]
+    if drop_duplicates is None:
+        drop_duplicates = _run_drops_duplicates(table) and _has_duplicates_table(output_uri)
+    duplicates = _duplicate_keys(output_uri) if drop_duplicates else None
+    if duplicates is not None:
+        read_columns += [c for c in ("sample_id", "run_id") if c not in read_columns]
+    filtering = apply_filters and "filtered_by" in allowed
+    if filtering and "filtered_by" not in read_columns:
+        read_columns.append("filtered_by")
 
     fs, root = storage.resolve(path)
     dataset = ray.data.read_delta(path, version=pinned, storage_options=storage.delta_storage_options(path),
                                   filesystem=pafs.SubTreeFileSystem(root, fs), columns=read_columns)
     # batch_size=None: whole blocks as read (Ray fuses this step into the read tasks when it
     # does not split their output), no re-batching copy
-    dataset = dataset.map_batches(_ToTensors(wanted, bounds, shapes, frames), batch_format="pyarrow",
+    dataset = dataset.map_batches(_ToTensors(wanted, bounds, shapes, frames, duplicates, filtering),
+                                  batch_format="pyarrow",
                                   batch_size=None, zero_copy_batch=True)
     logger.info("reading %s at Delta version %d (latest: %d)", storage.display(fs, root), pinned, latest)
     out_shapes = {name: _output_shape(name, shape, frames) for name, shape in shapes.items()}
@@ -118,6 +140,40 @@ def read_samples(output_uri: str, *, version: Optional[int] = None, min_quality:
 
 
 # --- validation ----------------------------------------------------------------------------------
+
+def _run_drops_duplicates(table) -> bool:
+    """The `filters.drop_duplicates` of the run whose commit is the table's newest with one."""
+    for entry in table.history(20):
+        if DROP_DUPLICATES_KEY in entry:
+            return bool(entry[DROP_DUPLICATES_KEY])
+    return False
+
+
+def _has_duplicates_table(output_uri: str) -> bool:
+    from deltalake import DeltaTable
+
+    path = storage.join(output_uri.rstrip("/"), "duplicates")
+    return DeltaTable.is_deltatable(path, storage.delta_storage_options(path))
+
+
+def _duplicate_keys(output_uri: str):
+    """An object ref to the "sample_id run_id" keys of every row `duplicates` holds (a small
+    table: only duplicates have rows), shared by every read task; FileNotFoundError before the
+    first dedup pass."""
+    import ray
+    from deltalake import DeltaTable
+
+    path = storage.join(output_uri.rstrip("/"), "duplicates")
+    options = storage.delta_storage_options(path)
+    if not DeltaTable.is_deltatable(path, options):
+        raise FileNotFoundError(f"drop_duplicates=True but there is no duplicates table at {path}: run "
+                                f"`python -m jobs.dedup --output {output_uri}` first")
+    table = DeltaTable(path, storage_options=options)
+    rows = table.to_pyarrow_table(columns=["sample_id", "sample_run_id"])
+    logger.info("dropping the %d duplicates of %s (version %d)", rows.num_rows, path, table.version())
+    return ray.put(pc.binary_join_element_wise(rows.column("sample_id"), rows.column("sample_run_id"), " ")
+                   .combine_chunks())
+
 
 def _check_frames(frames) -> Frames:
     if frames == "first":
@@ -187,6 +243,14 @@ def _shapes(path: str, stored_fields: dict, given: Optional[Mapping[str, Sequenc
     return {c: shapes[c] for c in needed}
 
 
+def _tensor_columns(stored_fields: dict) -> set[str]:
+    """The columns read back as tensors: those whose shape the table records, and the ones a
+    table written before shapes were recorded has (their shapes given by the caller)."""
+    from schemas.tables import tensor_shapes as recorded_shapes
+
+    return {"embedding", *_FRAME_COLUMNS, *recorded_shapes(stored_fields)}
+
+
 def _output_shape(name: str, shape: tuple[int, ...], frames: Frames) -> tuple[int, ...]:
     if name in _FRAME_COLUMNS and frames != "first":
         return (frames, *shape)
@@ -199,11 +263,21 @@ class _ToTensors:
     """Stored block -> score-filtered block with fixed-shape tensor columns."""
 
     def __init__(self, columns: list[str], bounds: dict[str, float], shapes: dict[str, tuple[int, ...]],
-                 frames: Frames):
+                 frames: Frames, duplicates=None, filtering: bool = False):
         self.columns, self.bounds, self.shapes, self.frames = columns, bounds, shapes, frames
+        self.duplicates = duplicates  # object ref: "sample_id run_id" of each duplicate row
+        self.filtering = filtering    # drop rows whose filtered_by names a rule
 
     def __call__(self, block: pa.Table) -> pa.Table:
         keep = None
+        if self.duplicates is not None:
+            import ray
+
+            keys = pc.binary_join_element_wise(block.column("sample_id"), block.column("run_id"), " ")
+            keep = pc.invert(pc.is_in(keys, value_set=ray.get(self.duplicates)))
+        if self.filtering:
+            passes = pc.equal(pc.list_value_length(block.column("filtered_by")), 0)
+            keep = passes if keep is None else pc.and_kleene(keep, passes)
         for name, bound in self.bounds.items():
             passes = pc.greater_equal(block.column(name), pa.scalar(bound, block.schema.field(name).type))
             keep = passes if keep is None else pc.and_kleene(keep, passes)
@@ -212,17 +286,18 @@ class _ToTensors:
         out = {}
         for name in self.columns:
             column = block.column(name).combine_chunks()
-            if name == "embedding":
-                out[name] = _tensor_array(_per_row_values(column, self.shapes[name], name), self.shapes[name])
-            elif name in _FRAME_COLUMNS:
+            if name in _FRAME_COLUMNS:
                 out[name] = _frame_tensor(column, self.shapes[name], self.frames, name)
+            elif name in self.shapes:  # one tensor per sample: embedding, caption_embedding, text states, mask
+                out[name] = _tensor_array(_per_row_values(column, self.shapes[name], name), self.shapes[name])
             else:
                 out[name] = column
         return pa.table(out)
 
 
 def _per_row_values(column: pa.Array, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """list<float> (one flat tensor per entry) -> (entries, *shape) float32, checking every length."""
+    """list<number> (one flat tensor per entry) -> (entries, *shape), checking every length;
+    floats as float32, integers (a mask) as stored."""
     size = int(np.prod(shape))
     lengths = np.asarray(pc.list_value_length(column).fill_null(-1))
     if len(lengths) and (lengths != size).any():
@@ -230,7 +305,9 @@ def _per_row_values(column: pa.Array, shape: tuple[int, ...], name: str) -> np.n
         raise ValueError(f"a stored {name} tensor has {bad if bad >= 0 else 'no'} values; its shape {shape} "
                          f"needs {size}")
     values = column.flatten().to_numpy(zero_copy_only=False)
-    return values.astype(np.float32, copy=False).reshape(len(column), *shape)
+    if values.dtype.kind == "f":
+        values = values.astype(np.float32, copy=False)
+    return values.reshape(len(column), *shape)
 
 
 def _frame_tensor(column: pa.Array, shape: tuple[int, ...], frames: Frames, name: str) -> pa.Array:
@@ -251,6 +328,6 @@ def _frame_tensor(column: pa.Array, shape: tuple[int, ...], frames: Frames, name
 
 
 def _tensor_array(values: np.ndarray, shape: tuple[int, ...]) -> pa.Array:
-    kind = pa.fixed_shape_tensor(pa.float32(), list(shape))
+    kind = pa.fixed_shape_tensor(pa.from_numpy_dtype(values.dtype), list(shape))
     storage_array = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), int(np.prod(shape)))
     return pa.ExtensionArray.from_storage(kind, storage_array)

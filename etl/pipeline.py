@@ -39,11 +39,16 @@ STAGES = (Prepare, DecodeStage, CaptionStage, EncodeStage, WriteStage)
 def table_schemas(config: JobConfig) -> dict[str, pa.Schema]:
     """The run's table schemas; tensor shapes come from the checkpoints' configs (no weights)."""
     from etl.models.encoders import embedding_dim, latent_shape
+    from etl.models.text_encoders import text_states_shape
     from schemas.tables import quarantine_schema, runs_schema, samples_schema
 
-    crop = config.frames.crop_size
-    return {"samples": samples_schema(embedding_dim(config.models.embedder.model),
-                                      latent_shape(config.models.vae.model, crop, crop)),
+    crop, models = config.frames.crop_size, config.models
+    text = models.text_encoder
+    states = (text_states_shape(text.model or models.embedder.model, text.kind, text.max_length)
+              if text.kind != "none" else None)
+    return {"samples": samples_schema(embedding_dim(models.embedder.model),
+                                      latent_shape(models.vae.model, crop, crop),
+                                      text_tower=models.embedder.text_tower, text_states=states),
             "quarantine": quarantine_schema(), "runs": runs_schema()}
 
 
@@ -68,7 +73,7 @@ def absolute_model_paths(config: JobConfig) -> JobConfig:
     models = config.models
     return config.model_copy(update={"models": models.model_copy(update={
         name: getattr(models, name).model_copy(update={"model": _absolute_path(getattr(models, name).model)})
-        for name in ("captioner", "embedder", "vae")})})
+        for name in ("captioner", "embedder", "vae", "text_encoder") if getattr(models, name).model})})
 
 
 def stage_dataset(dataset, step: Step, retries: tuple[dict, dict], strategies: Optional[dict] = None):
@@ -104,6 +109,8 @@ class RunSummary:
     files: dict[str, int] = field(default_factory=dict)
     per_shard: dict[int, tuple[int, int]] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    # the config's filters: {"rules": {name: what it asks}, "rejected": {name: samples}, "filtered": samples}
+    filters: dict = field(default_factory=dict)
     seconds: float = 0.0
     first_commit_seconds: Optional[float] = None
     last_read_seconds: float = 0.0       # when the last row left a read task
@@ -130,6 +137,8 @@ def _summarize(summary: RunSummary, progress, started: float, started_wall: floa
 
     summary.rows, summary.commits, summary.files = progress.rows, progress.commits, progress.files
     summary.reasons = progress.reasons
+    summary.filters = {"rules": summary.filters.get("rules", {}), "rejected": dict(progress.filters),
+                       "filtered": progress.filtered}
     summary.per_shard = {s: tuple(v) for s, v in progress.per_shard.items()}
     summary.seconds = time.perf_counter() - started
     if progress.read_times:
@@ -149,8 +158,9 @@ def _ensure_tiny_models(config: JobConfig) -> None:
     from etl.models.tiny import ensure_tiny_models
 
     # the tiny checkpoints live where the config points: models/tiny/<name>
-    for root in {str(Path(m.model).parent) for m in (config.models.captioner, config.models.embedder,
-                                                      config.models.vae)}:
+    models = config.models
+    for root in {str(Path(m.model).parent) for m in (models.captioner, models.embedder, models.vae,
+                                                      models.text_encoder) if m.model}:
         ensure_tiny_models(root)
 
 
@@ -192,7 +202,8 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
                          schemas, preview_rows(work.todo, {s: index[s].samples for s in work.todo},
                                                CONTACT_SHEET_SAMPLES))
     summary = RunSummary(run_id, config.output, mode=work.mode, shards=work.todo, skipped_shards=work.skipped,
-                         plan=plan.describe(), planned=plan.unit_counts(), started_at=started_wall)
+                         plan=plan.describe(), planned=plan.unit_counts(), started_at=started_wall,
+                         filters={"rules": config.filters.rules()})
     committer = _committer(config, schemas, run_id, {s: index[s].samples for s in work.todo}, work.mode)
     try:
         steps = [stage.step(context) for stage in STAGES]
@@ -243,12 +254,14 @@ def configure_execution(dataset, config: JobConfig):
 
 def _committer(config: JobConfig, schemas: dict, run_id: str, expected: dict[int, int], mode: str):
     from etl.committer import CommitCadence, RunCommitter
+    from etl.ingest import DROP_DUPLICATES_KEY
     from etl.sinks.maintenance import table_properties
 
     sink = config.sink
     return RunCommitter(config.output, schemas, run_id, config.model_dump_json(), expected, format=sink.format,
                         mode=mode, max_error_fraction=config.max_error_fraction,
                         table_properties=table_properties(sink.maintenance),
+                        commit_metadata={DROP_DUPLICATES_KEY: config.filters.drop_duplicates},
                         cadence=CommitCadence(sink.commit_every_shards, sink.commit_every_minutes,
                                               sink.commit_every_files))
 

@@ -40,3 +40,36 @@ def claim_jpeg_size(jpeg: bytes, width: int, height: int) -> bytes:
     bomb's header on a small file."""
     at = jpeg.index(b"\xff\xc0")
     return jpeg[: at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + jpeg[at + 9:]
+
+
+def copies_of(jpeg: bytes, seed: int) -> dict[str, bytes]:
+    """The three kinds of copy a dataset collects: the same file, the same image re-encoded at
+    another JPEG quality, and a resized copy (40-80% of each side), each from `jpeg`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    reencoded, resized = io.BytesIO(), io.BytesIO()
+    image.save(reencoded, format="JPEG", quality=int(rng.integers(30, 71)))
+    scale = float(rng.uniform(0.4, 0.8))
+    image.resize((max(8, round(image.width * scale)), max(8, round(image.height * scale))), Image.LANCZOS).save(
+        resized, format="JPEG", quality=int(rng.integers(75, 96)))
+    return {"exact": jpeg, "reencoded": reencoded.getvalue(), "resized": resized.getvalue()}
+
+
+def with_duplicates(rows: list[dict], every: int, seed: int = 0) -> list[dict]:
+    """`rows` ({id, caption, frames}) and, for every `every`-th, one copy (the kinds of
+    `copies_of` in turn, every frame copied) appended under a new id: the duplicates a demo or
+    test input should hold. A copy's caption names its original."""
+    out = list(rows)
+    kinds = ("exact", "reencoded", "resized")
+    next_id = max((int(r["id"]) for r in rows), default=-1) + 1
+    for n, row in enumerate(rows[::every]):
+        kind = kinds[n % len(kinds)]
+        try:
+            frames = [copies_of(frame, seed + n * 31 + k)[kind] for k, frame in enumerate(row["frames"])]
+        except OSError:  # a broken frame (the input's quarantine cases) has no copy to make
+            continue
+        out.append({**row, "id": next_id, "caption": f"{kind} copy of sample {row['id']}", "frames": frames})
+        next_id += 1
+    return out

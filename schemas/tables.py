@@ -1,20 +1,34 @@
-"""Table schemas, version 1. Tensor shapes come from the models a run uses (embedding width,
-latent shape), so each schema is a function of those; everything else is fixed."""
+"""Table schemas, version 2. Tensor shapes come from the models a run uses (embedding width,
+latent shape, text states), and the text columns from whether it runs them, so each schema is
+a function of those; everything else is fixed."""
 
 import json
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PARTITION_COLUMN = "bucket"
 
 
-def samples_schema(embedding_dim: int, latent_shape: tuple[int, int, int]) -> pa.Schema:
-    """One row per processed sample."""
+def samples_schema(embedding_dim: int, latent_shape: tuple[int, int, int], *, text_tower: bool = True,
+                   text_states: Optional[tuple[int, int]] = None) -> pa.Schema:
+    """One row per processed sample. `text_tower`: the embedder's text tower runs (the caption's
+    embedding and the two alignment scores); `text_states`: (sequence length, width) of the text
+    encoder's hidden states per caption, None when none runs."""
     embedding = pa.fixed_shape_tensor(pa.float32(), [embedding_dim])
     latent = pa.fixed_shape_tensor(pa.float32(), list(latent_shape))
+    alignment = [
+        pa.field("caption_embedding", embedding, nullable=False),  # the text tower's, L2-normalised
+        pa.field("clip_score_caption", pa.float32()),   # cosine(embedding, caption_embedding)
+        pa.field("clip_score_text", pa.float32()),      # the same for the sample's own text; null without one
+    ] if text_tower else []
+    states = [
+        pa.field("caption_text_states", pa.fixed_shape_tensor(pa.float32(), list(text_states)), nullable=False),
+        pa.field("caption_text_mask", pa.fixed_shape_tensor(pa.int8(), [text_states[0]]), nullable=False),
+    ] if text_states else []
     return pa.schema([
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("shard", pa.int64(), nullable=False),
@@ -26,9 +40,14 @@ def samples_schema(embedding_dim: int, latent_shape: tuple[int, int, int]) -> pa
         pa.field("caption_parse_error", pa.string()),
         pa.field("frame_count", pa.int32(), nullable=False),
         pa.field("frame_sizes", pa.list_(pa.list_(pa.int32(), 2)), nullable=False),  # (w, h) as stored
+        pa.field("frame_pixel_hashes", pa.list_(pa.string()), nullable=False),     # etl.transforms.hashes
+        pa.field("frame_perceptual_hashes", pa.list_(pa.int64()), nullable=False),  # pHash bits as int64
         pa.field("embedding", embedding, nullable=False),                           # pooled per sample
         pa.field("frame_embeddings", pa.list_(embedding), nullable=False),
         pa.field("latents", pa.list_(latent), nullable=False),                      # one per frame
+        *alignment,
+        *states,
+        pa.field("filtered_by", pa.list_(pa.string()), nullable=False),  # the config's rules it fails (etl.filters)
         pa.field("captioner", pa.string(), nullable=False),
         pa.field("embedder", pa.string(), nullable=False),
         pa.field("vae", pa.string(), nullable=False),
@@ -60,6 +79,35 @@ def runs_schema() -> pa.Schema:
         pa.field("committed_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("config", pa.string(), nullable=False),  # the run's config as JSON
     ], metadata={"schema_version": str(SCHEMA_VERSION), "table": "runs"})
+
+
+def duplicates_schema() -> pa.Schema:
+    """`jobs.dedup`: one row per sample judged a duplicate, against the samples table at one
+    version. `sample_run_id` is the run whose row was judged: a row re-processed since then is
+    not covered until the next pass."""
+    return pa.schema([
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field(PARTITION_COLUMN, pa.int32(), nullable=False),    # the sample's bucket in `samples`
+        pa.field("kind", pa.string(), nullable=False),              # exact | near | semantic
+        pa.field("duplicate_of", pa.string(), nullable=False),      # the first-ranked sample it matches
+        pa.field("hamming", pa.int32()),                            # exact, near: largest frame pHash distance
+        pa.field("cosine", pa.float32()),                           # semantic: of the pooled embeddings
+        pa.field("sample_run_id", pa.string(), nullable=False),
+        pa.field("samples_version", pa.int64(), nullable=False),    # the samples table version judged
+        pa.field("dedup_run_id", pa.string(), nullable=False),
+    ], metadata={"schema_version": str(SCHEMA_VERSION), "table": "duplicates"})
+
+
+def dedup_seen_schema() -> pa.Schema:
+    """`jobs.dedup`'s ledger: every sample a pass compared, the run whose row it was, and the
+    pass that first saw it (the first part of its rank: earlier copies are the ones kept)."""
+    return pa.schema([
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field(PARTITION_COLUMN, pa.int32(), nullable=False),
+        pa.field("sample_run_id", pa.string(), nullable=False),
+        pa.field("first_seen", pa.int32(), nullable=False),
+        pa.field("dedup_run_id", pa.string(), nullable=False),
+    ], metadata={"schema_version": str(SCHEMA_VERSION), "table": "dedup_seen"})
 
 
 # --- Storage form ------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_a_section_given_in_part_keeps_its_other_defaults():
     ("frames:\n  min_pixels: 5000\n  max_pixels: 4096\n", "min_pixels (5000) exceeds max_pixels (4096)"),
     ("sink:\n  maintenance:\n    retention_hour: 1\n", "sink.maintenance.retention_hour: unknown key; allowed keys: "
      "['checkpoint_interval', 'enabled', 'retention_hours', 'target_file_mb']"),
-    ("colour: blue\n", "colour: unknown key; allowed keys: ['frames', 'input', 'max_error_fraction'"),
+    ("colour: blue\n", "colour: unknown key; allowed keys: ['dedup', 'filters', 'frames', 'input', 'max_error_fraction'"),
 ])
 def test_errors_name_the_key_and_the_allowed_values(tmp_path, yaml_text, message):
     path = tmp_path / "job.yaml"

@@ -3,8 +3,8 @@ import pyarrow as pa
 import pytest
 
 from etl.ingest import read_samples
-from tests.samples_tables import (EMBEDDING_DIM, LATENT_SHAPE, aesthetics_of, commit_samples, frames_of, quality_of,
-                                  sample_rows)
+from tests.samples_tables import (EMBEDDING_DIM, LATENT_SHAPE, TEXT_STATES, WITH_TEXT_STATES, aesthetics_of,
+                                  commit_samples, frames_of, quality_of, sample_rows, text_states_of)
 
 FIRST, SECOND = 20, 12  # rows of shard 0 (version 0) and shard 1 (version 1)
 
@@ -103,6 +103,59 @@ def test_iter_torch_batches_yields_fixed_shape_float_tensors(output, ray_local):
     for i, sample_id in enumerate(written.column("sample_id").to_pylist()):
         np.testing.assert_array_equal(by_id[sample_id]["embedding"], embeddings[i])
         np.testing.assert_array_equal(by_id[sample_id]["latents"], all_latents[offsets[i]])
+
+
+def test_caption_tensors_come_back_ready_for_torch(tmp_path, ray_local):
+    import torch
+
+    root = str(tmp_path)
+    commit_samples(root, sample_rows(3, 10, schema=WITH_TEXT_STATES))
+    snapshot = read_samples(root, columns=["sample_id", "embedding", "caption_embedding", "clip_score_caption",
+                                           "caption_text_states", "caption_text_mask"])
+    assert snapshot.tensor_shapes == {"embedding": (EMBEDDING_DIM,), "caption_embedding": (EMBEDDING_DIM,),
+                                      "caption_text_states": TEXT_STATES, "caption_text_mask": TEXT_STATES[:1]}
+    batches = list(snapshot.dataset.drop_columns(["sample_id"]).iter_torch_batches(batch_size=4))
+    assert sum(len(b["caption_text_states"]) for b in batches) == 10
+    for batch in batches:
+        rows = len(batch["clip_score_caption"])
+        assert batch["caption_text_states"].shape == (rows, *TEXT_STATES)
+        assert batch["caption_text_states"].dtype == torch.float32
+        assert batch["caption_text_mask"].shape == (rows, TEXT_STATES[0]) and batch["caption_text_mask"].dtype == torch.int8
+        np.testing.assert_allclose(torch.sum(batch["embedding"] * batch["caption_embedding"], dim=1).numpy(),
+                                   batch["clip_score_caption"].numpy(), rtol=1e-5, atol=1e-6)
+    states, masks = text_states_of(3, 10)
+    by_id = {r["sample_id"]: r for r in snapshot.dataset.take_all()}
+    for row in range(10):
+        got = by_id[f"{3:06d}:{row:06d}"]
+        np.testing.assert_array_equal(got["caption_text_states"], states[row])
+        np.testing.assert_array_equal(got["caption_text_mask"], masks[row])
+
+
+def test_filtered_rows_and_duplicates_are_left_out_unless_asked_for(tmp_path, ray_local):
+    from etl.sinks.bucket_files import write_bucket_files
+    from etl.sinks.delta_commits import commit_files
+    from schemas.tables import duplicates_schema
+
+    root = str(tmp_path)
+    rows = sample_rows(4, 12, filtered_by=[["quality"] if r % 4 == 0 else [] for r in range(12)])
+    commit_samples(root, rows)
+    ids = rows.column("sample_id").to_pylist()
+    assert _column(read_samples(root).dataset, "sample_id") == sorted(i for r, i in enumerate(ids) if r % 4)
+    assert len(_column(read_samples(root, apply_filters=False).dataset, "sample_id")) == 12
+    with pytest.raises(FileNotFoundError, match="jobs.dedup"):
+        read_samples(root, drop_duplicates=True)
+    # a dedup pass marked rows 1 and 2 (as the run that wrote them) and row 3 as another run's row
+    marked = pa.table({"sample_id": [ids[1], ids[2], ids[3]], "bucket": rows.column("bucket").take([1, 2, 3]),
+                       "kind": ["exact", "near", "near"], "duplicate_of": [ids[0]] * 3,
+                       "hamming": pa.array([0, 2, 1], pa.int32()), "cosine": pa.array([None] * 3, pa.float32()),
+                       "sample_run_id": ["run-test", "run-test", "an-older-run"], "samples_version": [0] * 3,
+                       "dedup_run_id": ["d"] * 3})
+    uri = f"{root}/duplicates"
+    commit_files(uri, duplicates_schema(), write_bucket_files(marked, duplicates_schema(), uri, "t"), {})
+    kept = _column(read_samples(root).dataset, "sample_id")  # the run's filters.drop_duplicates: not recorded here
+    assert kept == sorted(i for r, i in enumerate(ids) if r % 4)
+    dropped = _column(read_samples(root, drop_duplicates=True).dataset, "sample_id")
+    assert dropped == sorted(i for r, i in enumerate(ids) if r % 4 and r not in (1, 2))
 
 
 def test_frames_n_pads_per_frame_tensors_with_zeros(output, ray_local):

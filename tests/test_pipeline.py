@@ -16,6 +16,8 @@ from etl.mds import MDSWriter
 from etl.synthetic import jpeg_frames
 from schemas.tables import quarantine_schema, restore, runs_schema, samples_schema, storage_schema
 
+SAMPLES = samples_schema(16, (4, 8, 8), text_states=(77, 32))  # the tiny CLIP, with local.yaml's text states
+
 SHARDS = 3
 
 
@@ -115,7 +117,7 @@ def test_broken_samples_land_in_quarantine_with_their_reason(dataset, two_runs):
 
 def test_tables_match_the_versioned_schemas(two_runs):
     (output, _), _ = two_runs
-    expected = {"samples": samples_schema(16, (4, 8, 8)), "quarantine": quarantine_schema(), "runs": runs_schema()}
+    expected = {"samples": SAMPLES, "quarantine": quarantine_schema(), "runs": runs_schema()}
     for name in ("samples", "quarantine"):
         files = sorted(path for path in (output / name).rglob("*.parquet") if "_delta_log" not in path.parts)
         assert files  # the run's own files, and the compacted ones: Delta's log checkpoints are not data
@@ -128,7 +130,7 @@ def test_tables_match_the_versioned_schemas(two_runs):
 
 def test_captions_scores_embeddings_and_latents(two_runs):
     (output, _), _ = two_runs
-    table = restore(_table(output, "samples"), samples_schema(16, (4, 8, 8)))
+    table = restore(_table(output, "samples"), SAMPLES)
     embeddings = table.column("embedding").combine_chunks().to_numpy_ndarray()
     assert embeddings.shape == (table.num_rows, 16)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-4)
@@ -163,7 +165,7 @@ def test_parquet_format_writes_hive_partitioned_tables_of_the_same_rows(dataset,
     assert not (parquet_out / "samples" / "_delta_log").exists()
     assert {p.name for p in (parquet_out / "samples").iterdir()} <= {f"bucket={b}" for b in range(4)}
     for name in ("samples", "quarantine"):
-        expected = restore(_table(delta_out, name), samples_schema(16, (4, 8, 8)) if name == "samples"
+        expected = restore(_table(delta_out, name), SAMPLES if name == "samples"
                            else quarantine_schema())
         got = _parquet_table(parquet_out, name)
         assert got.num_rows == expected.num_rows == summary.rows[name]
@@ -181,7 +183,7 @@ def test_embeddings_and_latents_reach_torch_as_tensors(two_runs):
     from deltalake import DeltaTable
 
     (output, _), _ = two_runs
-    schema = samples_schema(16, (4, 8, 8))
+    schema = SAMPLES
     files = DeltaTable(str(output / "samples")).file_uris()  # the committed snapshot
     stored = ray.data.read_parquet(files, columns=["sample_id", "embedding", "latents"])
     logical = stored.map_batches(lambda t: restore(t, schema), batch_format="pyarrow")
@@ -333,7 +335,7 @@ def test_every_table_exists_after_a_run_even_the_one_with_no_row(clean_and_all_b
     outputs, summaries = clean_and_all_broken_runs
     output, summary = outputs[run], summaries[run]
     assert summary.rows.get(full) == 10 and not summary.rows.get(empty), summary.rows
-    expected = {"samples": samples_schema(16, (4, 8, 8)), "quarantine": quarantine_schema()}
+    expected = {"samples": SAMPLES, "quarantine": quarantine_schema()}
     table = DeltaTable(str(output / empty))
     assert table.to_pyarrow_table().num_rows == 0
     assert restore(table.to_pyarrow_table(), expected[empty]).schema.names == expected[empty].names

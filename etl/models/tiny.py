@@ -11,22 +11,58 @@ from pathlib import Path
 SEED = 0
 
 
+def _clip_tokenizer():
+    """`CLIPTokenizer` (CLIP's class) over a byte-level vocabulary: every byte a token, alone
+    and word-final (`</w>`, CLIP's marker), no merges, CLIP's start and end tokens."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(alphabet + [a + "</w>" for a in alphabet])}
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
 def build_clip(path: Path) -> Path:
-    """`CLIPModel` (the class of openai/clip-vit-*) with 2-layer towers and 16-d projections."""
+    """`CLIPModel` (the class of openai/clip-vit-*) with 2-layer towers and 16-d projections,
+    CLIP's 77 text positions, and its tokenizer."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     torch.manual_seed(SEED)
+    tokenizer = _clip_tokenizer()
     config = CLIPConfig(
-        text_config=dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=0,
-                         eos_token_id=1, pad_token_id=1),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, image_size=224, patch_size=32),
         projection_dim=16,
     )
     CLIPModel(config).eval().save_pretrained(path)
     CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_t5(path: Path) -> Path:
+    """`T5EncoderModel` (the text encoder of PixArt, SD3) with 2 layers of width 32, and a
+    `T5Tokenizer` (T5's class) over printable characters, word-initial and not."""
+    import string
+
+    import torch
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in string.printable if not c.isspace()]
+    pieces += [("\u2581" + c, -2.5) for c in string.printable if not c.isspace()]
+    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
+    torch.manual_seed(SEED)
+    T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                   ).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
 
 
@@ -105,9 +141,9 @@ def build_qwen3_vl(path: Path) -> Path:
     return path
 
 
-BUILDERS = {"clip": build_clip, "vae": build_vae, "qwen3_vl": build_qwen3_vl}
+BUILDERS = {"clip": build_clip, "vae": build_vae, "qwen3_vl": build_qwen3_vl, "t5": build_t5}
 # Bumped whenever a builder changes, so checkpoints an older builder left on disk are rebuilt.
-BUILD_VERSION = "2"
+BUILD_VERSION = "3"
 BUILD_STAMP = "tiny_build_version"
 
 

@@ -29,6 +29,7 @@ class EncoderFootprint:
     vae_channels: int = 0         # the VAE encoder's first block: activations per pixel at full size
     latent_channels: int = 0
     latent_downscale: int = 1     # latents are 1/f of the frame's side
+    text_states: tuple[int, int] = (0, 0)  # per caption: the text encoder's hidden states (length, width)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,22 @@ def encoders_footprint(embedder_uri: str, vae_uri: str) -> EncoderFootprint:
                             latent_downscale=2 ** (len(blocks) - 1))
 
 
+def text_encoder_footprint(config, encoders: EncoderFootprint) -> EncoderFootprint:
+    """`encoders` with the text encoder the config adds: its hidden states per caption, and its
+    weights unless it is the embedder's own text tower (kind clip, no model of its own)."""
+    from dataclasses import replace
+
+    from etl.models.text_encoders import text_states_shape
+
+    text = config.models.text_encoder
+    if text.kind == "none":
+        return encoders
+    length, width = text_states_shape(text.model or config.models.embedder.model, text.kind, text.max_length)
+    weights = encoders.weights_bytes + (_weights(text.model) if text.model else 0)
+    return replace(encoders, weights_bytes=weights, text_states=(length, width))
+
+
 def footprints_of(config) -> Footprints:
     models = config.models
     return Footprints(captioner_footprint(models.captioner.model),
-                      encoders_footprint(models.embedder.model, models.vae.model))
+                      text_encoder_footprint(config, encoders_footprint(models.embedder.model, models.vae.model)))

@@ -113,13 +113,15 @@ def vllm_cpu_peak(config, captioner: ModelFootprint, kv_cache_bytes: int) -> int
 
 
 def sample_row_bytes(config, encoders: EncoderFootprint) -> int:
-    """The most a samples row holds: a pooled embedding, and per frame an embedding and a
-    latent (float32), the caption (a byte a character: captions are mostly ASCII) and the
-    fixed columns."""
+    """The most a samples row holds: a pooled embedding and the caption's, and per frame an
+    embedding and a latent (float32) and its hashes, the caption (a byte a character: captions
+    are mostly ASCII), its text states and the fixed columns."""
     frames, side = config.frames, config.frames.crop_size // encoders.latent_downscale
-    per_frame = 4 * (encoders.embedding_dim + encoders.latent_channels * side * side) + 16  # + its size
-    return 4 * encoders.embedding_dim + frames.max_frames * per_frame + config.models.captioner.caption_max_chars \
-        + ROW_FIXED_BYTES
+    per_frame = 4 * (encoders.embedding_dim + encoders.latent_channels * side * side) + 16 + 48  # + size, hashes
+    length, width = encoders.text_states
+    text_states = length * width * 4 + length  # float32 states, an int8 mask
+    return 8 * encoders.embedding_dim + frames.max_frames * per_frame + config.models.captioner.caption_max_chars \
+        + text_states + ROW_FIXED_BYTES
 
 
 def write_peak(config, encoders: EncoderFootprint) -> int:

@@ -179,3 +179,46 @@ def _is_conflict(exc: Exception, created_by_another: bool) -> bool:
     # to it. delta-rs words that failure by save mode ("SaveMode `append` is not allowed for
     # create operation"), not as a conflict, so the table's existence decides.
     return isinstance(exc, CommitFailedError) or created_by_another
+
+
+class TableMoved(RuntimeError):
+    """A table was committed to after the version a whole-table replacement was computed from."""
+
+
+def overwrite_files(uri: str, schema: pa.Schema, files: list[dict[str, Any]], metadata: dict[str, Any],
+                    read_version: Optional[int]) -> int:
+    """Replace every row of the table at `uri` with `files`, in one transaction that lands only
+    on `read_version`: the version the new rows were derived from (None: the table did not
+    exist). Any commit in between raises TableMoved, since the new rows no longer account for
+    it. Returns the new version."""
+    from deltalake import Schema
+    from deltalake.exceptions import CommitFailedError, DeltaError
+    from deltalake.transaction import CommitProperties, RemoveAction
+
+    with storage.naming("replacing the rows of", uri):
+        delta_schema = Schema.from_arrow(storage_schema(schema))
+        adds = [_add_action(f) for f in files]
+        table = open_table(uri)
+        try:
+            if table is None and read_version is None:
+                create_table(uri, delta_schema, adds, {**metadata, "files": len(adds)}, [PARTITION_COLUMN])
+                return 0
+            if table is None:
+                raise TableMoved(f"{uri} no longer exists (it was at version {read_version})")
+            if read_version is None:
+                raise TableMoved(f"{uri} was created by another writer meanwhile")
+            table.load_as_version(read_version)
+            now = int(time.time() * 1000)
+            removes = [RemoveAction(path=a["path"], data_change=True, deletion_timestamp=now, size=a["size_bytes"],
+                                    partition_values={PARTITION_COLUMN: str(a[f"partition.{PARTITION_COLUMN}"])})
+                       for a in pa.table(table.get_add_actions(flatten=True)).to_pylist()]
+            table.create_write_transaction(removes + adds, mode="append", schema=delta_schema,
+                                           partition_by=[PARTITION_COLUMN], commit_properties=CommitProperties(
+                                               custom_metadata={**metadata, "files": len(adds),
+                                                                "removed_files": len(removes)},
+                                               max_commit_retries=0))
+            return read_version + 1
+        except (CommitFailedError, DeltaError) as exc:
+            if isinstance(exc, CommitFailedError) or (read_version is None and open_table(uri) is not None):
+                raise TableMoved(f"{uri} was committed to after version {read_version}: {exc}") from None
+            raise

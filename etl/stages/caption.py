@@ -34,7 +34,7 @@ class CaptionStage:
         config, plan = run.config, run.plan
         text = rows.TEXT if config.read.text_column else None
         timing = (rows.FPS, rows.FRAME_INDICES) if config.read.fps_column or config.read.frame_indices_column else ()
-        optional = (text,) * bool(text) + timing
+        optional = (text,) * bool(text) + timing  # the text goes on: the encoders score it against the image
         adds = {name: rows.TYPES[name] for name, _ in _RESULT_COLUMNS}
         return Step(cls, (config, text, plan.kv_cache_bytes, plan.engine_cores),
                     (rows.CAPTION_FRAMES, rows.ERROR, rows.SAMPLE_ID, *optional),
@@ -42,7 +42,7 @@ class CaptionStage:
                     Resources(cpus=plan.engine_cpus, gpus=plan.engine_gpus, memory=plan.engine_memory,
                               actors=plan.engines, batch_rows=caption_batch_rows(config),
                               concurrent_batches=caption_batches_per_actor(config), placement="reserved"),
-                    drops=optional)  # consumed; the views go on
+                    drops=timing)  # consumed; the views go on
 
     def __init__(self, config: JobConfig, text_column: Optional[str], kv_cache_bytes: Optional[int] = None,
                  engine_cores: int = 0):
@@ -77,7 +77,7 @@ class CaptionStage:
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
             results.update(zip(chunk, self.captioner.caption(samples[start:start + self.batch_size])))
-        consumed = [c for c in (self.text_column, rows.FPS, rows.FRAME_INDICES) if c and c in batch.schema.names]
+        consumed = [c for c in (rows.FPS, rows.FRAME_INDICES) if c in batch.schema.names]
         batch = batch.drop_columns(consumed)
         for name, attribute in _RESULT_COLUMNS:
             values = [getattr(results[i], attribute) if i in results else None for i in range(batch.num_rows)]

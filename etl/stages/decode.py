@@ -1,7 +1,8 @@
 """Decode: the CPU stage. Each sample's encoded frames become pixel views (`etl.transforms.frames`
 does the per-frame work): the captioner's view of every frame and, where the encoders cannot
 cut it on their device, their centre crop. A sample that cannot be decoded gets its reason in
-`error`; a few chosen rows get a small JPEG for the report's contact sheet."""
+`error`; each frame's pixel and perceptual hashes go on, for `jobs.dedup`; a few chosen rows get
+a small JPEG for the report's contact sheet."""
 
 from typing import Optional
 
@@ -24,7 +25,8 @@ def frame_spec(config: JobConfig, encoders_on_gpu: bool = True) -> FrameSpec:
 
 
 class DecodeStage:
-    """Replaces the frames column with CAPTION_FRAMES, CROP_FRAMES, FRAME_COUNT and FRAME_SIZES.
+    """Replaces the frames column with CAPTION_FRAMES, CROP_FRAMES, FRAME_COUNT, FRAME_SIZES and
+    the frames' hashes.
     Rows that arrive with an error pass through untouched."""
 
     @classmethod
@@ -32,7 +34,8 @@ class DecodeStage:
         plan = run.plan
         spec = frame_spec(run.config, encoders_on_gpu=plan.encoder_gpus > 0)
         adds = {name: rows.TYPES[name] for name in
-                (rows.CAPTION_FRAMES, rows.CROP_FRAMES, rows.FRAME_COUNT, rows.FRAME_SIZES, rows.PREVIEW)}
+                (rows.CAPTION_FRAMES, rows.CROP_FRAMES, rows.FRAME_COUNT, rows.FRAME_SIZES,
+                  rows.FRAME_PIXEL_HASHES, rows.FRAME_PERCEPTUAL_HASHES, rows.PREVIEW)}
         return Step(cls, (spec, run.previews), (rows.FRAMES, rows.ERROR, rows.SHARD, rows.ROW),
                     {**adds, **rows.stamp_types("decode")},
                     Resources(cpus=plan.decode_cpus, memory=plan.decode_memory, actors=plan.decode_actors,
@@ -56,7 +59,12 @@ class DecodeStage:
                  .append_column(rows.CROP_FRAMES, view_lists([[f.crop for f in s] for s in decoded]))
                  .append_column(rows.FRAME_COUNT, pa.array([len(s) for s in decoded], rows.TYPES[rows.FRAME_COUNT]))
                  .append_column(rows.FRAME_SIZES, pa.array([[list(f.source_size) for f in s] for s in decoded],
-                                                          rows.TYPES[rows.FRAME_SIZES])))
+                                                          rows.TYPES[rows.FRAME_SIZES]))
+                 .append_column(rows.FRAME_PIXEL_HASHES, pa.array([[f.pixel_hash for f in s] for s in decoded],
+                                                                 rows.TYPES[rows.FRAME_PIXEL_HASHES]))
+                 .append_column(rows.FRAME_PERCEPTUAL_HASHES,
+                                pa.array([[f.perceptual_hash for f in s] for s in decoded],
+                                         rows.TYPES[rows.FRAME_PERCEPTUAL_HASHES])))
         return rows.stamped(batch.append_column(rows.PREVIEW, preview_column(batch, self.previews)), "decode")
 
     def _sample(self, frames: Optional[list], i: int, errors: list) -> list[Frame]:

@@ -28,6 +28,7 @@ FRAME_INDICES = "_frame_indices"
 CAPTION_FRAMES = "caption_frames"   # the captioner's view of each frame
 CROP_FRAMES = "crop_frames"         # the encoders' centre crop, or null where they cut it from the view
 FRAME_COUNT, FRAME_SIZES = "frame_count", "frame_sizes"
+FRAME_PIXEL_HASHES, FRAME_PERCEPTUAL_HASHES = "frame_pixel_hashes", "frame_perceptual_hashes"  # jobs.dedup's keys
 PREVIEW = "_preview"                # a small JPEG of the first frame, for the report's contact sheet
 
 # Caption
@@ -36,6 +37,12 @@ ENGINE_STATS = "_engine_stats"      # JSON on a batch's first row: the captioner
 
 # Encode
 EMBEDDING, FRAME_EMBEDDINGS, LATENTS = "embedding", "frame_embeddings", "latents"
+# ... with the embedder's text tower (models.embedder.text_tower): the caption's embedding, and the
+# cosines of the sample's image embedding with its caption's and with its own text's
+CAPTION_EMBEDDING, CLIP_SCORE_CAPTION, CLIP_SCORE_TEXT = "caption_embedding", "clip_score_caption", "clip_score_text"
+# ... with a text encoder (models.text_encoder): the caption's last hidden states and their mask,
+# what a diffusion model is conditioned on
+CAPTION_TEXT_STATES, CAPTION_TEXT_MASK = "caption_text_states", "caption_text_mask"
 
 # What the write stage sends the driver: one message per file it wrote ("table" names its table),
 # then one with the counts of the batch. The payload is JSON.
@@ -48,6 +55,8 @@ TYPES: dict[str, pa.DataType] = {
     FRAME_INDICES: pa.list_(pa.int64()),
     CAPTION_FRAMES: pa.list_(PIXEL_VIEW_TYPE), CROP_FRAMES: pa.list_(PIXEL_VIEW_TYPE),
     FRAME_COUNT: pa.int32(), FRAME_SIZES: pa.list_(pa.list_(pa.int32(), 2)), PREVIEW: pa.binary(),
+    FRAME_PIXEL_HASHES: pa.list_(pa.string()), FRAME_PERCEPTUAL_HASHES: pa.list_(pa.int64()),
+    CLIP_SCORE_CAPTION: pa.float32(), CLIP_SCORE_TEXT: pa.float32(),
     CAPTION: pa.string(), QUALITY: pa.float32(), AESTHETICS: pa.float32(), CAPTION_PARSE_ERROR: pa.string(),
     ENGINE_STATS: pa.string(),
 }

@@ -1,5 +1,6 @@
 """Write: splits rows into `samples` and `quarantine` (with the failing stage and the class of
-its reason), writes their bucket files, and returns one message per file plus one closing
+its reason), marks the samples with the config's filters they fail (`etl.filters`), writes their
+bucket files, and returns one message per file plus one closing
 `counts` message per batch: rows per shard, reasons, per-second counts of every stage, the
 contact sheet's rows and the engine's counters. The driver (`etl.committer`) commits the files
 once the counts check out.
@@ -13,12 +14,16 @@ import json
 import re
 import time
 import uuid
+from typing import Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl import storage
+from etl.config import FiltersConfig
 from etl.cpu_cores import keep_off_engine_cores
+from etl.filters import FILTERED_BY, failures, filtered_by
 from etl.sinks.bucket_files import write_bucket_files
 from etl.stages import rows
 from etl.stages.previews import preview_records
@@ -38,26 +43,33 @@ class WriteStage:
         config, plan = run.config, run.plan
         models = config.models
         names = {"captioner": models.captioner.model, "embedder": models.embedder.model, "vae": models.vae.model}
+        made_here = {*names, "run_id", FILTERED_BY}
         reads = (rows.ERROR, rows.SHARD, rows.ROW, rows.SAMPLE_ID, rows.BUCKET, rows.done_at("read"), rows.ran_on("read"),
                  rows.PREVIEW,
-                 rows.ENGINE_STATS, *(n for n in run.schemas["samples"].names if n not in names and n != "run_id"))
-        return Step(cls, (config.output, run.schemas, run.run_id, names), tuple(dict.fromkeys(reads)),
+                 rows.ENGINE_STATS, *(n for n in run.schemas["samples"].names if n not in made_here))
+        return Step(cls, (config.output, run.schemas, run.run_id, names, config.filters), tuple(dict.fromkeys(reads)),
                     dict(zip(rows.MESSAGE_SCHEMA.names, rows.MESSAGE_SCHEMA.types)),
                     # one writer per encoder actor: they take its output
                     Resources(cpus=plan.task_cpus, memory=plan.write_memory, actors=plan.writers,
                               batch_rows=config.sink.rows_per_write),
                     replaces_row=True)
 
-    def __init__(self, output: str, schemas: dict, run_id: str, model_names: dict[str, str]):
+    def __init__(self, output: str, schemas: dict, run_id: str, model_names: dict[str, str],
+                 filters: Optional[FiltersConfig] = None):
         self.output, self.schemas, self.run_id, self.model_names = output, schemas, run_id, model_names
+        self.filters = filters or FiltersConfig()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         keep_off_engine_cores()
         failed = pc.is_valid(batch.column(rows.ERROR))
         tag = f"{self.run_id}-{uuid.uuid4().hex[:12]}"
-        files = self._write("samples", self._samples(batch.filter(pc.invert(failed))), tag)
+        good = batch.filter(pc.invert(failed))
+        rejected = failures(good, self.filters)
+        files = self._write("samples", self._samples(good, filtered_by(rejected, good.num_rows)), tag)
         files += self._write("quarantine", self._quarantine(batch.filter(failed)), tag)
         counts = {"shards": _per_shard(batch, failed), "reasons": _reasons(batch.filter(failed)),
+                  "filters": {name: int(fails.sum()) for name, fails in rejected.items()},
+                  "filtered": int(np.any(list(rejected.values()), axis=0).sum()) if rejected else 0,
                   "timeline": _per_second(batch), "placement": _per_place(batch), "previews": preview_records(batch),
                   "engine": _engine_totals(batch)}
         return pa.table({"kind": [rows.FILE] * len(files) + [rows.COUNTS],
@@ -73,9 +85,10 @@ class WriteStage:
     def _run_ids(self, count: int) -> pa.Array:
         return pa.array([self.run_id] * count, pa.string())
 
-    def _samples(self, good: pa.Table) -> pa.Table:
+    def _samples(self, good: pa.Table, rules_failed: pa.Array) -> pa.Table:
         for name, model in self.model_names.items():
             good = good.append_column(name, pa.array([model] * good.num_rows, pa.string()))
+        good = good.append_column(FILTERED_BY, rules_failed)
         return good.append_column("run_id", self._run_ids(good.num_rows)).select(self.schemas["samples"].names)
 
     def _quarantine(self, bad: pa.Table) -> pa.Table:

@@ -2,7 +2,8 @@
 
 Per frame: a header check against the decompression-bomb limit (no pixels decoded yet), a JPEG
 DCT-scaled decode (`draft`) when the frame shrinks by 2x or more, EXIF orientation, conversion
-of L/P/RGBA/CMYK/16-bit/... to RGB, then
+of L/P/RGBA/CMYK/16-bit/... to RGB, the
+frame's pixel and perceptual hashes (`etl.transforms.hashes`, for `jobs.dedup`), then
 - the captioner view: Qwen-VL "smart resize" (sides multiples of patch x merge, pixel count
   within [min_pixels, max_pixels]), the same rule as transformers' Qwen2-VL `smart_resize`;
 - the encoders' `crop_size` centre crop, only where the captioner view is too small to cut it
@@ -23,6 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from etl.transforms.hashes import perceptual_hash, pixel_hash
+
 # Qwen3-VL's image processor: patch 16, merge 2 -> sides are multiples of 32.
 QWEN3_VL_FACTOR = 32
 
@@ -38,6 +41,7 @@ class FrameSpec:
     max_frames: int = 10  # per sample: the engine takes no more per request, the planner counts tokens for these
     # Encoders on CPUs: cut every crop here, since Pillow resizes ~2x faster than torch on a CPU
     crops_on_cpu: bool = False
+    hashes: bool = True  # each frame's pixel and perceptual hashes (etl.transforms.hashes), for jobs.dedup
 
     def caption_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the captioner view of an upright width x height frame."""
@@ -65,6 +69,8 @@ class Frame:
     caption_view: np.ndarray  # (H, W, 3) uint8, H and W multiples of spec.factor
     crop: Optional[np.ndarray]  # (crop, crop, 3) uint8; None: the encoders cut it from caption_view
     source_size: tuple[int, int]  # (width, height) as stored, before orientation
+    pixel_hash: Optional[str] = None   # of the decoded, upright RGB pixels (etl.transforms.hashes)
+    perceptual_hash: Optional[int] = None
 
 
 _ORIENTATION = 0x0112
@@ -154,16 +160,17 @@ def decode_frame(data, spec: FrameSpec) -> Frame:
         raise
     except Exception as exc:
         raise FrameError(f"cannot decode ({type(exc).__name__}: {exc})") from None
+    hashes = (pixel_hash(image), perceptual_hash(image)) if spec.hashes else (None, None)
     caption = np.asarray(image.resize(caption_size, Image.BICUBIC))
     if not crop_here:
-        return Frame(caption, None, (width, height))
+        return Frame(caption, None, (width, height), *hashes)
     # Shorter side to crop_size then centre crop == resize only the centre square (`box`),
     # which filters the same pixels without resizing the parts the crop drops.
     w, h = image.size
     side = min(w, h)
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
     crop = np.asarray(image.resize((spec.crop_size, spec.crop_size), Image.BICUBIC, box=box))
-    return Frame(caption, crop, (width, height))
+    return Frame(caption, crop, (width, height), *hashes)
 
 
 def decode_sample(frames: Sequence[bytes], spec: FrameSpec) -> list[Frame]:

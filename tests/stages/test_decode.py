@@ -50,6 +50,11 @@ def test_stage_adds_views_and_turns_failures_into_error_values():
     view = out.column("caption_frames")[0].as_py()[0]
     assert len(view["pixels"]) == view["height"] * view["width"] * 3
     assert out.column("frame_sizes").to_pylist()[0] == [[320, 180], [320, 180]]
+    pixel_hashes, perceptual_hashes = (out.column(name).to_pylist() for name in
+                                       ("frame_pixel_hashes", "frame_perceptual_hashes"))
+    assert [len(h) for h in pixel_hashes] == out.column("frame_count").to_pylist()
+    assert [len(h) for h in perceptual_hashes] == out.column("frame_count").to_pylist()
+    assert all(len(h) == 32 for row in pixel_hashes for h in row)
 
 
 def test_pil_cells_from_read_mds_decode_in_the_stage():
