@@ -161,17 +161,18 @@ class DedupConfig(_Section):
     against the first-ranked sample it matches: the earliest dedup pass that saw it, then the
     lowest (shard, row)."""
 
-    exact: bool = True                         # the same decoded pixels in every frame
-    # near: every frame's pHash at most this many bits from its counterpart's (None: off). A
-    # JPEG re-encoded or resized lands 0-4 bits away, unrelated images ~32.
-    near_distance: Optional[int] = Field(4, ge=0, le=15)
-    # semantic: cosine of the pooled image embeddings at least this (None: off); candidates come
-    # from random-hyperplane LSH: a pair at the threshold shares a band with probability
-    # 1 - (1 - (1 - acos(t)/pi)^bits)^bands (0.99 at the defaults)
-    semantic_threshold: Optional[float] = Field(0.97, gt=0.0, le=1.0)
+    # exact: the same decoded pixels in every frame; near: every frame's pHash at most
+    # near_distance bits from its counterpart's; semantic: pooled image embeddings at a cosine of
+    # at least semantic_threshold
+    kinds: list[Literal["exact", "near", "semantic"]] = Field(["exact", "near", "semantic"], min_length=1)
+    near_distance: int = Field(4, ge=0, le=15)  # a JPEG re-encoded or resized lands 0-4 bits away, unrelated ~32
+    # candidates come from random-hyperplane LSH: a pair at the threshold shares a band with
+    # probability 1 - (1 - (1 - acos(t)/pi)^bits)^bands (0.99 at the defaults)
+    semantic_threshold: float = Field(0.97, gt=0.0, le=1.0)
     semantic_bands: int = Field(12, ge=1, le=63)
     semantic_bits: int = Field(14, ge=1, le=56)
     partitions: Optional[int] = Field(None, ge=1)  # of the key shuffle; None: 4 per CPU of the cluster
+    after_run: bool = False   # the curation job runs a pass once its rows are committed (its report shows it)
 
 
 SCORE_COLUMNS = ("quality", "aesthetics", "clip_score_caption", "clip_score_text")

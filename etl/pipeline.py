@@ -129,6 +129,8 @@ class RunSummary:
     cluster: dict = field(default_factory=dict)  # nodes lost and joined, work retried (cluster_watch)
     maintenance: list[dict] = field(default_factory=list)     # per table (maintenance.TableHealth)
     maintenance_error: Optional[str] = None  # the run's rows are committed; `jobs.maintain` redoes it
+    dedup: dict = field(default_factory=dict)  # the dedup pass after the run (dedup.after_run): DedupSummary
+    dedup_error: Optional[str] = None        # the run's rows are committed; `jobs.dedup` redoes it
     report: Optional[str] = None         # URI of report.html
 
 
@@ -214,6 +216,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
         summary.operator_memory = [memory.as_dict() for memory in operator_memory(
             dataset, {"ReadMDS": plan.read_task_memory, **{step.name: step.resources.memory for step in steps}})]
         summary.maintenance, summary.maintenance_error = maintain_after_run(config)
+        summary.dedup, summary.dedup_error = dedup_after_run(config)
     except BaseException as exc:
         summary.error = f"{type(exc).__name__}: {exc}"
         raise
@@ -280,6 +283,23 @@ def maintain_after_run(config: JobConfig) -> tuple[list[dict], Optional[str]]:
     except Exception as exc:  # noqa: BLE001 - see the docstring
         logger.exception("maintenance of the tables under %s failed", config.output)
         return [], f"{type(exc).__name__}: {exc}"
+
+
+def dedup_after_run(config: JobConfig) -> tuple[dict, Optional[str]]:
+    """A `jobs.dedup` pass over the output (`dedup.after_run`, Delta tables). Like maintenance,
+    a failure is reported, not raised: the run's rows are committed, and `python -m jobs.dedup`
+    runs the pass again."""
+    from dataclasses import asdict
+
+    from etl.dedup.run import run_dedup
+
+    if config.sink.format != "delta" or not config.dedup.after_run:
+        return {}, None
+    try:
+        return asdict(run_dedup(config.output, config.dedup)), None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logger.exception("the dedup pass over %s failed", config.output)
+        return {}, f"{type(exc).__name__}: {exc}"
 
 
 def _commit_as_written(dataset, committer) -> None:

@@ -110,6 +110,8 @@ def render(summary, config_yaml: str, models: dict[str, str]) -> str:
     parts += ["<h2>Cluster</h2>", _cluster(summary.placement, summary.cluster),
               "<h2>Captioner</h2>", _engine_table(summary.engine),
               "<h2>Quarantine by cause</h2>", _quarantine(summary, total),
+              "<h2>Filters</h2>", _filters(summary),
+              "<h2>Duplicates</h2>", _duplicates(summary),
               "<h2>Contact sheet</h2>", _contact_sheet(summary.previews),
               "<h2>Models</h2>", _table([(e(k), e(v)) for k, v in models.items()], keys=True),
               f"<h2>Config</h2><pre>{e(config_yaml)}</pre>",
@@ -146,6 +148,39 @@ def _quarantine(summary, total: int) -> str:
             + "<p>Every row, with its full reason, is in the <code>quarantine</code> table.</p>")
 
 
+def _filters(summary) -> str:
+    """Each rule of the config's filters: what it asks, the samples it rejected, its pass rate."""
+    rules = summary.filters.get("rules", {})
+    samples = summary.rows.get("samples", 0)
+    if not rules:
+        return "<p>No filter set (<code>filters:</code> in the config): every committed sample passes.</p>"
+    rejected = summary.filters.get("rejected", {})
+    rows = [(html.escape(name), html.escape(asks), rejected.get(name, 0),
+             _share(1 - rejected.get(name, 0) / samples) if samples else "n/a") for name, asks in rules.items()]
+    passed = samples - summary.filters.get("filtered", 0)
+    return (_table(rows, header=("rule", "asks", "samples rejected", "pass rate"), numeric=(2, 3))
+            + f"<p>{passed} of {samples} committed samples pass every rule"
+            + (f" ({_share(passed / samples)})" if samples else "")
+            + ". The others stay in <code>samples</code> with the rules they fail in <code>filtered_by</code>; "
+              "<code>etl.ingest.read_samples</code> leaves them out.</p>")
+
+
+def _duplicates(summary) -> str:
+    if summary.dedup_error:
+        return f'<p class="failed">The dedup pass failed: {html.escape(summary.dedup_error)}</p>'
+    dedup = summary.dedup
+    if not dedup:
+        return "<p>No dedup pass ran with this run (<code>dedup.after_run</code>); run <code>python -m jobs.dedup</code>.</p>"
+    samples = dedup.get("samples", 0)
+    rows = [(html.escape(kind), count, _share(count / samples) if samples else "n/a")
+            for kind, count in sorted(dedup.get("duplicates", {}).items())]
+    facts = (f"<p>Pass {dedup['pass_number']} over samples version {dedup['samples_version']}: {samples} samples, "
+             f"{dedup['new']} new, {dedup['judged']} compared, {dedup['seconds']:.1f} s. Each duplicate's row in the "
+             f"<code>duplicates</code> table names the copy it duplicates.</p>")
+    return facts + (_table(rows, header=("kind", "duplicates", "share of samples"), numeric=(1, 2)) if rows
+                    else "<p>No duplicate found.</p>")
+
+
 def _contact_sheet(previews: list[dict]) -> str:
     if not previews:
         return "<p>No committed sample to show.</p>"
@@ -155,6 +190,9 @@ def _contact_sheet(previews: list[dict]) -> str:
         scores = (f"quality {_score(row.get('quality'))}, aesthetics {_score(row.get('aesthetics'))}"
                   if row.get("caption_parse_error") is None
                   else f"no scores: {e(str(row['caption_parse_error']))}")
+        if row.get("clip_score_caption") is not None:
+            scores += f"<br>CLIP score: caption {row['clip_score_caption']:.3f}" + (
+                f", text {row['clip_score_text']:.3f}" if row.get("clip_score_text") is not None else "")
         caption = row.get("caption") or ""
         caption = caption if len(caption) <= 300 else caption[:300] + "..."
         cards.append(f'<div class="card"><img alt="first frame of {e(row["sample_id"])}" '

@@ -4,7 +4,7 @@ run and across runs. Writes `duplicates` (one row per duplicate sample, with the
 duplicates) and `dedup_seen` (its ledger) next to `samples`; `etl.ingest.read_samples(...,
 drop_duplicates=True)` leaves the duplicates out.
 
-    python -m jobs.dedup --output s3://bucket/curated [--config FILE] [--near-distance 4]
+    python -m jobs.dedup --output s3://bucket/curated [--config FILE] [--kinds exact,near] [--near-distance 4]
         [--semantic-threshold 0.97] [--set dedup.partitions=64]
 
 Incremental: a pass compares only what is new since the last one (new rows, rows re-processed
@@ -22,6 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="the curation job's output: the folder holding samples/")
     parser.add_argument("--config", help="YAML job config whose dedup section to use")
+    parser.add_argument("--kinds", help="comma-separated: exact,near,semantic (default: all three)")
     parser.add_argument("--near-distance", type=int, help="pHash bits apart, at most, for a near duplicate")
     parser.add_argument("--semantic-threshold", type=float, help="embedding cosine, at least, for a semantic duplicate")
     parser.add_argument("--samples-version", type=int, help="the samples table version to judge (default: latest)")
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
     from jobs.curate import parse_sets, with_flags
 
     flags = {"dedup.near_distance": args.near_distance, "dedup.semantic_threshold": args.semantic_threshold,
-             "output": args.output}
+             "dedup.kinds": args.kinds.split(",") if args.kinds else None, "output": args.output}
     try:
         config = load_config(args.config, with_flags(parse_sets(args.set), flags),
                              defaults={"input": "(not used by dedup)"})
@@ -45,11 +46,16 @@ def main(argv=None) -> int:
         return 2
     from dataclasses import asdict
 
+    import ray
+
     from etl import ray_settings
     from etl.dedup.run import run_dedup
     from etl.sinks.delta_commits import TableMoved
+    from jobs.curate import storage_settings
 
-    ray_settings.init(address=config.ray.address)
+    if not ray.is_initialized():  # a caller in this process may have started it
+        ray_settings.init(address=config.ray.address, include_dashboard=False, log_to_driver=False,
+                          logging_level="ERROR", runtime_env={"env_vars": storage_settings()})
     try:
         summary = run_dedup(config.output, config.dedup, args.samples_version)
     except (FileNotFoundError, TableMoved) as exc:

@@ -1,9 +1,10 @@
 """`make demo`: the curation job on a synthetic dataset, locally, with tiny models.
 
 Builds a few hundred multi-frame samples with write_mds (some deliberately broken: truncated
-and garbage frames, a decompression-bomb header, one truncated shard), runs `jobs.curate`'s
-pipeline with jobs/configs/local.yaml, and prints where the tables are, the row counts, the
-quarantine reasons and throughput per stage.
+and garbage frames, a decompression-bomb header, one truncated shard; some deliberately copied:
+the same files, re-encoded, resized), runs `jobs.curate`'s pipeline with jobs/configs/local.yaml
+plus the filters and the dedup pass below, and prints where the tables are, the row counts, the
+quarantine reasons, each filter's pass rate, the duplicates found and throughput per stage.
 
     python -m jobs.demo [--samples 240] [--output demo_output]
 """
@@ -12,6 +13,15 @@ import argparse
 import re
 import shutil
 from pathlib import Path
+
+
+DUPLICATE_EVERY = 16
+# What the demo adds to local.yaml: filters to show their pass rates, and a dedup pass after the
+# run. Semantic duplicates stay off: the tiny random-weight CLIP embeds every image nearly alike
+# (cosine > 0.97 between unrelated images), so they would mean nothing here.
+DEMO_SETTINGS = {"filters.scores": {"quality": {"min": 2}, "clip_score_caption": {"min": -0.5}},
+                 "filters.min_side": 64, "filters.aspect_ratio": [0.5, 2.5], "filters.max_frames": 9,
+                 "dedup.after_run": True, "dedup.kinds": ["exact", "near"]}
 
 
 def build_dataset(path: Path, samples: int) -> int:
@@ -23,6 +33,7 @@ def build_dataset(path: Path, samples: int) -> int:
     rows = list(synthetic.samples(samples, corrupt_every=40))  # truncated JPEG frames
     rows[7]["frames"][0] = b"this is not an image"
     rows[100]["frames"][2] = synthetic.claim_jpeg_size(rows[100]["frames"][2], 60000, 60000)
+    rows = synthetic.with_duplicates(rows, every=DUPLICATE_EVERY)  # copies: exact, re-encoded, resized, in turn
     shards = etl.write_mds(ray.data.from_items(rows, override_num_blocks=4), str(path),
                            columns={"id": "int", "caption": "str", "frames": "jpeg_array"},
                            size_limit="2mb")
@@ -43,6 +54,19 @@ def stage_throughput(stats: str) -> list[tuple[str, float, float]]:
     return found
 
 
+def print_filters_and_duplicates(summary) -> None:
+    samples = summary.rows.get("samples", 0)
+    print(f"filters ({samples - summary.filters.get('filtered', 0)} of {samples} samples pass every rule):")
+    for name, asks in summary.filters.get("rules", {}).items():
+        rejected = summary.filters.get("rejected", {}).get(name, 0)
+        print(f"  {name:20} {asks:50} pass rate {1 - rejected / max(samples, 1):6.1%} ({rejected} rejected)")
+    if summary.dedup_error:
+        print(f"dedup pass failed: {summary.dedup_error}")
+    elif summary.dedup:
+        found = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.dedup["duplicates"].items())) or "none"
+        print(f"duplicates (table {summary.output}/duplicates): {found}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=240)
@@ -59,10 +83,12 @@ def main(argv=None) -> None:
     ray_settings.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     shards = build_dataset(out / "input", args.samples)
-    print(f"input: {args.samples} samples in {shards} MDS shards at {out / 'input'} (one shard truncated)")
+    copies = len(range(0, args.samples, DUPLICATE_EVERY))
+    print(f"input: {args.samples} samples and {copies} copies of some of them in {shards} MDS shards at "
+          f"{out / 'input'} (one shard truncated)")
 
     config = load_config("jobs/configs/local.yaml", {"input": str(out / "input"), "output": str(out / "tables"),
-                                                     "read.text_column": "caption"})
+                                                     "read.text_column": "caption", **DEMO_SETTINGS})
     summary = pipeline.run(config)
     print(f"\nrun {summary.run_id}: {summary.seconds:.1f}s in all, first commit after "
           f"{summary.first_commit_seconds:.1f}s, {args.samples / summary.seconds:.1f} samples/s end to end")
@@ -78,6 +104,7 @@ def main(argv=None) -> None:
     print("quarantine reasons:")
     for reason, count in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):
         print(f"  {count:4d} x {reason}")
+    print_filters_and_duplicates(summary)
     print("throughput per stage (rows/s: whole stage / one task or actor):")
     for stage, overall, single in stage_throughput(summary.stage_stats):
         print(f"  {stage:36} {overall:8.1f} {single:8.1f}")

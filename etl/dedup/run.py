@@ -56,7 +56,9 @@ class DedupSummary:
 
 
 def spec_of(config: DedupConfig) -> KeySpec:
-    return KeySpec(config.exact, config.near_distance, config.semantic_threshold, config.semantic_bands,
+    kinds = set(config.kinds)
+    return KeySpec("exact" in kinds, config.near_distance if "near" in kinds else None,
+                   config.semantic_threshold if "semantic" in kinds else None, config.semantic_bands,
                    config.semantic_bits)
 
 
@@ -184,7 +186,7 @@ def run_dedup(output: str, config: DedupConfig, samples_version: Optional[int] =
     read_versions = {name: None if table is None else table.version()
                      for name, table in ((SEEN, seen), (DUPLICATES, duplicates))}
     last_pass, last_settings = _last_pass(seen)
-    settings = config.model_dump_json(exclude={"partitions"})
+    settings = config.model_dump_json(exclude={"partitions", "after_run"})
     judge_all = settings != last_settings  # other settings: every earlier verdict is void
     summary = DedupSummary(time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6], output,
                            samples.version(), last_pass + 1)

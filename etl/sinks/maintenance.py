@@ -26,7 +26,7 @@ from etl.config import MaintenanceConfig
 from etl.sinks.compaction import compact
 from etl.sinks.delta_commits import open_table
 
-TABLES = ("samples", "quarantine", "runs")
+TABLES = ("samples", "quarantine", "runs", "duplicates", "dedup_seen")
 _CHECKPOINT_INTERVAL = "delta.checkpointInterval"
 
 

@@ -14,7 +14,7 @@ from etl.stages import rows
 CONTACT_SHEET_SAMPLES = 24
 PREVIEW_PIXELS = 160  # longest side
 _RECORD_FIELDS = (rows.SAMPLE_ID, rows.SHARD, rows.ROW, rows.CAPTION, rows.QUALITY, rows.AESTHETICS,
-                  rows.CAPTION_PARSE_ERROR, rows.FRAME_COUNT)
+                  rows.CAPTION_PARSE_ERROR, rows.FRAME_COUNT, rows.CLIP_SCORE_CAPTION, rows.CLIP_SCORE_TEXT)
 
 
 @dataclass(frozen=True)

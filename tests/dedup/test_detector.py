@@ -127,14 +127,14 @@ def test_precision_and_recall_per_kind_on_injected_copies(injected, tiny, tmp_pa
     output, shard_size = str(tmp_path), 64
     for table in _table(injected, shard_size, tiny, "run-1"):
         commit_samples(output, table)
-    summary = run_dedup(output, DedupConfig(semantic_threshold=None, partitions=4))
+    summary = run_dedup(output, DedupConfig(kinds=["exact", "near"], partitions=4))
     scores = _scores(injected, shard_size, _read(output, "duplicates"))
     print("\nhash detectors:", json.dumps({k: v for k, v in scores.items()}), summary.line())
     assert summary.samples == len(injected) and summary.judged == len(injected)
     assert scores["precision_exact"][0] == 1.0 and scores["recall_exact"][0] == 1.0
     assert scores["precision_near"][0] >= 0.98 and scores["recall_reencoded"][0] >= 0.95
     assert scores["recall_resized"][0] >= 0.95
-    semantic = run_dedup(output, DedupConfig(exact=False, near_distance=None, partitions=4))
+    semantic = run_dedup(output, DedupConfig(kinds=["semantic"], partitions=4))
     semantic_scores = _scores(injected, shard_size, _read(output, "duplicates"))
     print("semantic only, tiny random-weight CLIP:", json.dumps(semantic_scores), semantic.line())
     assert semantic.pass_number == 2 and semantic.judged == len(injected)  # other settings: everything again
@@ -149,7 +149,7 @@ def test_incremental_passes_and_a_backfill_match_one_pass_over_everything(inject
     from etl.sinks.delta_commits import commit_files
 
     shard_size = 48
-    config = DedupConfig(semantic_threshold=None, partitions=4)
+    config = DedupConfig(kinds=["exact", "near"], partitions=4)
     shards = _table(injected, shard_size, tiny, "run-1")
     half = len(shards) // 2
     incremental, single = str(tmp_path / "incremental"), str(tmp_path / "single")
