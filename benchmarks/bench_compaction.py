@@ -58,7 +58,7 @@ def rows_of(commit: int, count: int, buckets: int) -> pa.Table:
     from etl.sinks.partitioning import buckets_of, derived_sample_ids
     from schemas.tables import samples_schema
 
-    schema = samples_schema(EMBEDDING_DIM, LATENT_SHAPE)
+    schema = samples_schema(EMBEDDING_DIM, LATENT_SHAPE, text_tower=False)
     rng = np.random.default_rng(commit)
     ids = derived_sample_ids(pa.array(np.full(count, commit)), pa.array(np.arange(count)))
     frames = rng.integers(1, 4, count)
@@ -78,6 +78,10 @@ def rows_of(commit: int, count: int, buckets: int) -> pa.Table:
         "aesthetics": pa.array(rng.uniform(1, 5, count).astype(np.float32)),
         "caption_parse_error": pa.nulls(count, pa.string()), "frame_count": pa.array(frames.astype(np.int32)),
         "frame_sizes": [[[448, 448]] * int(f) for f in frames],
+        "frame_pixel_hashes": [[f"{commit:08x}{r:08x}{k:016x}" for k in range(int(f))] for r, f in enumerate(frames)],
+        "frame_perceptual_hashes": pa.array([rng.integers(-2**62, 2**62, int(f)).tolist() for f in frames],
+                                            pa.list_(pa.int64())),
+        "filtered_by": [[]] * count,
         "embedding": tensors("embedding", (EMBEDDING_DIM,), count),
         "frame_embeddings": pa.ListArray.from_arrays(offsets, tensors("frame_embeddings", (EMBEDDING_DIM,), total)),
         "latents": pa.ListArray.from_arrays(offsets, tensors("latents", LATENT_SHAPE, total)),
@@ -91,7 +95,7 @@ def build(path: Path, commits: int, count: int, buckets: int) -> None:
     from etl.sinks.delta_commits import commit_files
     from schemas.tables import samples_schema
 
-    schema, uri = samples_schema(EMBEDDING_DIM, LATENT_SHAPE), str(path)
+    schema, uri = samples_schema(EMBEDDING_DIM, LATENT_SHAPE, text_tower=False), str(path)
     for commit in range(commits):
         files = write_bucket_files(rows_of(commit, count, buckets), schema, uri, f"c{commit}")
         commit_files(uri, schema, files, {"run_id": "bench"})

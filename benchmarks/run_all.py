@@ -26,6 +26,9 @@ BENCHMARKS = {
     "memory_declared": ("bench_memory_declared.py", ["--samples", "10000"], ["--samples", "1000"]),
     "resume": ("bench_resume.py", ["--samples", "1200"], ["--samples", "240"]),
     "encoders": ("bench_encoders.py", ["--frames", "256"], ["--frames", "32", "--batch-sizes", "16"]),
+    "signals": ("bench_signals.py", ["--frames", "64", "--samples", "32"], ["--frames", "8", "--samples", "8",
+                                                                          "--rounds", "2"]),
+    "dedup": ("bench_dedup.py", ["--samples", "100000"], ["--samples", "10000"]),
 }
 
 

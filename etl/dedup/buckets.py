@@ -16,11 +16,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from etl import storage
-from etl.dedup.keys import (KeySpec, exact_keys, near_keys, pixel_keys, semantic_keys)
+from etl.dedup.compare import SLOTS
+from etl.dedup.keys import KeySpec, exact_keys, near_keys, pixel_keys, semantic_keys
 
 SAMPLE_COLUMNS = ("sample_id", "shard", "row", "run_id")
 KEY_ROW_SCHEMA = pa.schema([
-    ("key", pa.int64()), ("sample_id", pa.string()), ("bucket", pa.int32()), ("run_id", pa.string()),
+    ("key", pa.int64()), ("slot", pa.int32()), ("sample_id", pa.string()), ("bucket", pa.int32()), ("run_id", pa.string()),
     ("first_seen", pa.int32()), ("shard", pa.int64()), ("row", pa.int64()), ("judged", pa.bool_()),
     ("pixel_key", pa.string()), ("perceptual", pa.list_(pa.int64())), ("embedding", pa.list_(pa.float32())),
 ])
@@ -106,6 +107,8 @@ def key_rows(rows: pa.Table, bucket: int, spec: KeySpec) -> pa.Table:
         vectors = embedding.flatten().to_numpy().reshape(count, -1) if count else np.zeros((0, 1))
         for keys in semantic_keys(vectors, spec):
             parts.append({**base, "key": pa.array(keys), "embedding": embedding})
+    for part in parts:
+        part["slot"] = pa.array((part["key"].to_numpy().view(np.uint64) % np.uint64(SLOTS)).astype(np.int32))
     tables = [pa.table({name: part.get(name, pa.nulls(count, KEY_ROW_SCHEMA.field(name).type))
                         for name in KEY_ROW_SCHEMA.names}, schema=KEY_ROW_SCHEMA) for part in parts]
     return pa.concat_tables(tables) if tables else KEY_ROW_SCHEMA.empty_table()

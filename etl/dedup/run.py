@@ -1,8 +1,8 @@
 """One dedup pass over a curation output, on Ray Data, hash-partitioned end to end:
 
     per bucket (no shuffle): samples + dedup_seen + duplicates -> classified rows -> key rows
-      ==> groupby(key): compare within each candidate group -> edges
-      ==> groupby(sample_id): each judged sample's verdict -> duplicates files (workers)
+      ==> groupby(key slot): compare within each candidate group of the slot -> edges
+      ==> groupby(bucket): each judged sample's verdict -> duplicates files (workers)
     per bucket: the ledger rows -> dedup_seen files (workers)
     driver: `duplicates` replaced, then `dedup_seen` (the ledger last), each in one commit
 
@@ -20,17 +20,21 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from etl import storage
 from etl.config import DedupConfig
 from etl.dedup.buckets import BucketFiles, key_columns, key_rows, read_bucket
-from etl.dedup.compare import compare_group, pick_verdict
+from etl.dedup.compare import SLOTS, compare_groups, pick_verdicts
 from etl.dedup.keys import KINDS, KeySpec
 
 logger = logging.getLogger(__name__)
 
 SAMPLES, DUPLICATES, SEEN = "samples", "duplicates", "dedup_seen"
+SHUFFLE_INPUT_BYTES = 64 << 20
+JUDGED_SHARE_TO_FILTER = 0.5  # with more judged rows than this, every row's keys are shuffled
 PASS_KEY, CONFIG_KEY = "dedup_pass", "dedup_config"  # commit metadata of dedup_seen: the pass number, its settings
 
 
@@ -47,6 +51,7 @@ class DedupSummary:
     judged: int = 0
     duplicates: dict[str, int] = field(default_factory=dict)   # kind -> rows
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)     # seconds: verdicts, ledger, commits
 
     def line(self) -> str:
         found = ", ".join(f"{count} {kind}" for kind, count in self.duplicates.items()) or "none"
@@ -81,11 +86,43 @@ def _last_pass(seen_table) -> tuple[int, Optional[str]]:
     raise ValueError(f"{SEEN}: none of its last commits has {PASS_KEY}; was it written by jobs.dedup?")
 
 
-def _bucket_keys(batch: dict, spec: KeySpec, pass_number: int, judge_all: bool) -> pa.Table:
-    """Ray task: one bucket's files -> its key rows."""
+def _bucket_keys(batch: dict, spec: KeySpec, pass_number: int, judge_all: bool, wanted=None) -> pa.Table:
+    """Ray task: one bucket's files -> its key rows; with `wanted` (an object ref to the keys
+    judged rows have), only the rows that can meet a judged row."""
     files = BucketFiles(**json.loads(batch["files"][0]))
     classified = read_bucket(files, key_columns(spec), pass_number, judge_all)
-    return key_rows(classified.rows, files.bucket, spec)
+    rows = key_rows(classified.rows, files.bucket, spec)
+    if wanted is None:
+        return rows
+    import ray
+
+    return rows.filter(pc.or_(rows.column("judged"), pc.is_in(rows.column("key"), value_set=ray.get(wanted))))
+
+
+def _bucket_judged_keys(batch: dict, spec: KeySpec, pass_number: int) -> dict:
+    """Ray task: the keys of one bucket's judged rows (and how many rows it has, judged or not)."""
+    files = BucketFiles(**json.loads(batch["files"][0]))
+    classified = read_bucket(files, key_columns(spec), pass_number, False)
+    judged = classified.rows.filter(classified.rows.column("judged"))
+    keys = np.unique(key_rows(judged, files.bucket, spec).column("key").to_numpy())
+    return {"keys": [keys.tobytes()], "rows": [classified.rows.num_rows], "judged": [judged.num_rows]}
+
+
+def _wanted_keys(items: list[dict], spec: KeySpec, pass_number: int):
+    """An object ref to the keys the judged rows have, when few rows are judged (an incremental
+    pass): only rows sharing one of them are shuffled. None when most rows are judged: every
+    row is shuffled, as it would be anyway."""
+    import ray.data
+
+    found = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        _bucket_judged_keys, fn_args=(spec, pass_number), batch_size=1, batch_format="numpy", num_cpus=1).take_all()
+    rows, judged = sum(f["rows"] for f in found), sum(f["judged"] for f in found)
+    if judged > JUDGED_SHARE_TO_FILTER * rows:
+        return None
+    keys = np.unique(np.concatenate([np.frombuffer(f["keys"], np.int64) for f in found] or [np.zeros(0, np.int64)]))
+    logger.info("%d of %d samples judged: shuffling only the rows that share one of their %d keys", judged, rows,
+                len(keys))
+    return ray.put(pa.array(keys))
 
 
 def _bucket_ledger(batch: dict, uri: str, pass_number: int, dedup_run_id: str, judge_all: bool) -> dict:
@@ -140,11 +177,15 @@ def _verdict_files(buckets: list[BucketFiles], config: DedupConfig, uri: str, pa
 
     spec, partitions = spec_of(config), _partitions(config)
     items = [{"files": json.dumps(asdict(b))} for b in buckets]
+    wanted = None if judge_all else _wanted_keys(items, spec, pass_number)
     keys = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
-        _bucket_keys, fn_args=(spec, pass_number, judge_all), batch_size=1, batch_format="numpy", num_cpus=1)
-    edges = keys.groupby("key", num_partitions=partitions).map_groups(
-        compare_group, fn_args=(spec,), batch_format="pyarrow")
-    verdicts = edges.groupby("sample_id", num_partitions=partitions).map_groups(pick_verdict, batch_format="pyarrow")
+        _bucket_keys, fn_args=(spec, pass_number, judge_all, wanted), batch_size=1, batch_format="numpy", num_cpus=1)
+    # the shuffle's map tasks each take this much input: Ray's default (1 GiB) made one task of
+    # 100K samples' key rows, and its memory grows with the input
+    keys.context.shuffle_input_batch_bytes = SHUFFLE_INPUT_BYTES
+    edges = keys.groupby("slot", num_partitions=partitions).map_groups(
+        compare_groups, fn_args=(spec,), batch_format="pyarrow")
+    verdicts = edges.groupby("bucket", num_partitions=partitions).map_groups(pick_verdicts, batch_format="pyarrow")
     written = verdicts.map_batches(_write_duplicates, fn_args=(uri, dedup_run_id, samples_version),
                                    batch_format="pyarrow", batch_size=None)
     files, kinds = [], {}
@@ -195,13 +236,19 @@ def run_dedup(output: str, config: DedupConfig, samples_version: Optional[int] =
                for b in sorted(set().union(*by_table))]
     metadata = {"dedup_run_id": summary.dedup_run_id, "samples_version": summary.samples_version,
                 PASS_KEY: summary.pass_number, CONFIG_KEY: settings}
+    phase = time.perf_counter()
     found, summary.duplicates = _verdict_files(buckets, config, uris[DUPLICATES], summary.pass_number,
                                                summary.dedup_run_id, summary.samples_version, judge_all)
+    summary.phases["verdicts"] = time.perf_counter() - phase
+    phase = time.perf_counter()
     ledger, counts = _ledger_files(buckets, uris[SEEN], summary.pass_number, summary.dedup_run_id, judge_all)
+    summary.phases["ledger"] = time.perf_counter() - phase
+    phase = time.perf_counter()
     for name, value in counts.items():
         setattr(summary, name, value)
     overwrite_files(uris[DUPLICATES], duplicates_schema(), found, metadata, read_versions[DUPLICATES])
     overwrite_files(uris[SEEN], dedup_seen_schema(), ledger, metadata, read_versions[SEEN])
+    summary.phases["commits"] = time.perf_counter() - phase
     summary.seconds = time.perf_counter() - started
     logger.info(summary.line())
     return summary

@@ -46,16 +46,18 @@ def text_states_shape(model_path: str, kind: str, max_length: int) -> tuple[int,
 
 
 class _Tokens:
-    """Strings -> input ids and attention masks of one fixed length, on the device."""
+    """Strings -> input ids and attention masks, on the device: padded to `max_length`, or with
+    `to_longest` only to the batch's longest (truncated at `max_length` either way)."""
 
-    def __init__(self, model_path: str, max_length: int, device: str):
+    def __init__(self, model_path: str, max_length: int, device: str, to_longest: bool = False):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.max_length, self.device = max_length, device
+        self.padding = "longest" if to_longest else "max_length"
 
     def __call__(self, texts: Sequence[str]):
-        encoded = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+        encoded = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
         return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
 
@@ -67,8 +69,13 @@ class TextTower:
         from etl.models.checkpoints import local_checkpoint
 
         self.model, self.device, self.batch_size = model, device, batch_size
-        positions = _max_positions(_text_config(model.config.to_dict())) or 64
-        self.tokens = _Tokens(local_checkpoint(model_path), positions, device)
+        config = model.config.to_dict()
+        positions = _max_positions(_text_config(config)) or 64
+        # CLIP's causal text tower pools its end-of-text token, so padding after it changes
+        # nothing and a batch pads only to its longest caption (~4x fewer tokens than 77 for
+        # captions of ~20); SigLIP pools the last position and was trained padded to its length
+        self.tokens = _Tokens(local_checkpoint(model_path), positions, device,
+                              to_longest=config.get("model_type") == "clip")
 
     def encode(self, texts: Sequence[str]):
         """float32 (N, D) on the device."""

@@ -4,11 +4,16 @@ decoded frame (upright, RGB), before it is resized for the models:
 - `pixel_hash`: xxh3-128 of the decoded pixels and their size, as 32 hex digits. Equal only for
   the same pixels: the same file, or a lossless copy of it.
 - `perceptual_hash`: pHash, 64 bits as a signed int64 (Delta has no unsigned type). A 32x32 grey
-  thumbnail (Lanczos), its 2-D DCT-II, the 8x8 lowest frequencies against their median, row by
-  row, the first bit the highest. The same bits as `imagehash.phash(image)` (hash_size 8,
-  highfreq_factor 4), the common reference; a re-encoded or resized copy of an image lands a
-  few bits away, an unrelated image about 32.
+  thumbnail, its 2-D DCT-II, the 8x8 lowest frequencies against their median, row by row, the
+  first bit the highest: `imagehash.phash(image)`'s algorithm (hash_size 8, highfreq_factor 4),
+  the common reference, bit for bit with `reducing_gap=None`. The thumbnail is made with Pillow's
+  `reducing_gap=2` (a box reduction first, then Lanczos): 3.4x faster on a 640x360 frame (0.28
+  against 0.95 ms, most of the hashes' cost in the CPU stage), within a mean 0.4 bits of the
+  reference. A re-encoded or resized copy of an image lands a few bits away, an unrelated image
+  about 32.
 """
+
+from typing import Optional
 
 import numpy as np
 
@@ -35,12 +40,15 @@ def pixel_hash(image) -> str:
     return digest.hexdigest()
 
 
-def perceptual_hash(image) -> int:
+REDUCING_GAP = 2.0
+
+
+def perceptual_hash(image, reducing_gap: Optional[float] = REDUCING_GAP) -> int:
     """pHash of a PIL image, as a signed 64-bit integer."""
     from PIL import Image
 
-    thumbnail = np.asarray(image.convert("L").resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS),
-                           dtype=np.float64)
+    thumbnail = np.asarray(image.convert("L").resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS,
+                                                     reducing_gap=reducing_gap), dtype=np.float64)
     low = _LOW_DCT @ thumbnail @ _LOW_DCT.T
     bits = (low > np.median(low)).reshape(-1)
     return int(np.sum(_BIT_WEIGHTS[bits], dtype=np.uint64).astype(np.int64))

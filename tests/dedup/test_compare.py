@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from etl.dedup.buckets import KEY_ROW_SCHEMA, classify, key_rows
-from etl.dedup.compare import compare_group, pick_verdict
+from etl.dedup.compare import compare_groups, pick_verdicts
 from etl.dedup.keys import EXACT, NEAR, SEMANTIC, KeySpec, band_edges, kind_of, near_keys, semantic_keys
 from etl.transforms.hashes import hamming
 
@@ -50,7 +50,7 @@ def test_semantic_keys_are_stable_and_separate_unrelated_vectors():
 
 def _group(key, ids, ranks, judged, **payload):
     count = len(ids)
-    columns = {"key": [key] * count, "sample_id": ids, "bucket": [0] * count, "run_id": ["r"] * count,
+    columns = {"key": [key] * count, "slot": [0] * count, "sample_id": ids, "bucket": [0] * count, "run_id": ["r"] * count,
                "first_seen": [r[0] for r in ranks], "shard": [r[1] for r in ranks], "row": [r[2] for r in ranks],
                "judged": judged}
     return pa.table({name: columns.get(name, payload.get(name, [None] * count)) for name in KEY_ROW_SCHEMA.names},
@@ -60,14 +60,14 @@ def _group(key, ids, ranks, judged, **payload):
 def test_exact_group_marks_judged_copies_against_the_first_ranked_copy():
     group = _group(0, ["c", "a", "b", "d"], [(2, 0, 0), (1, 5, 0), (1, 3, 9), (2, 0, 1)],
                    [True, False, False, True], pixel_key=["k", "k", "k", "other"])
-    edges = compare_group(group, KeySpec())
+    edges = compare_groups(group, KeySpec())
     assert dict(zip(edges.column("sample_id").to_pylist(), edges.column("duplicate_of").to_pylist())) == {"c": "b"}
     assert edges.column("hamming").to_pylist() == [0] and edges.column("cosine").to_pylist() == [None]
 
 
 def test_a_group_without_judged_rows_gives_nothing():
     group = _group(0, ["a", "b"], [(1, 0, 0), (1, 0, 1)], [False, False], pixel_key=["k", "k"])
-    assert compare_group(group, KeySpec()).num_rows == 0
+    assert compare_groups(group, KeySpec()).num_rows == 0
 
 
 def test_near_group_matches_the_brute_force_rule():
@@ -85,7 +85,7 @@ def test_near_group_matches_the_brute_force_rule():
     ranks = [(int(rng.integers(1, 3)), int(rng.integers(0, 5)), i) for i in range(count)]
     judged = rng.random(count) < 0.6
     ids = [f"s{i}" for i in range(count)]
-    edges = compare_group(_group(1 << 62, ids, ranks, judged.tolist(), perceptual=hashes), spec)
+    edges = compare_groups(_group(1 << 62, ids, ranks, judged.tolist(), perceptual=hashes), spec)
     got = dict(zip(edges.column("sample_id").to_pylist(), edges.column("duplicate_of").to_pylist()))
     expected = {}
     for i in np.flatnonzero(judged):
@@ -104,7 +104,7 @@ def test_semantic_group_matches_the_brute_force_rule():
     ranks = [(1, 0, i) for i in range(50)]
     judged = [i % 2 == 0 for i in range(50)]
     semantic_key = int(np.array([2 << 62], np.uint64).view(np.int64)[0])
-    edges = compare_group(_group(semantic_key, [f"s{i}" for i in range(50)], ranks, judged,
+    edges = compare_groups(_group(semantic_key, [f"s{i}" for i in range(50)], ranks, judged,
                                  embedding=vectors.astype(np.float32).tolist()), KeySpec(semantic_threshold=0.99))
     got = dict(zip(edges.column("sample_id").to_pylist(), edges.column("cosine").to_pylist()))
     cosines = vectors @ vectors.T
@@ -120,7 +120,25 @@ def test_the_verdict_is_the_strongest_kind_then_the_first_ranked_keeper():
                       "keeper_first_seen": pa.array([1, 2, 1], pa.int32()), "keeper_shard": [0, 0, 7],
                       "keeper_row": [0, 0, 0], "hamming": pa.array([None, 3, 1], pa.int32()),
                       "cosine": pa.array([0.99, None, None], pa.float32())})
-    assert pick_verdict(edges).column("duplicate_of").to_pylist() == ["c"]
+    assert pick_verdicts(edges).column("duplicate_of").to_pylist() == ["c"]
+    two = pa.concat_tables([edges, edges.set_column(0, "sample_id", pa.array(["y"] * 3))])
+    picked = pick_verdicts(two.take([4, 0, 3, 1, 5, 2]))
+    assert dict(zip(picked.column("sample_id").to_pylist(), picked.column("duplicate_of").to_pylist())) == \
+        {"x": "c", "y": "c"}
+
+
+def test_many_groups_in_one_call_give_what_each_group_gives_alone():
+    rng = np.random.default_rng(7)
+    groups = []
+    for g in range(40):
+        size = int(rng.integers(1, 6))
+        keys = ["same" if rng.random() < 0.5 else f"k{i}" for i in range(size)]
+        groups.append(_group(g, [f"g{g}s{i}" for i in range(size)], [(1, g, i) for i in range(size)],
+                             (rng.random(size) < 0.7).tolist(), pixel_key=keys))
+    alone = pa.concat_tables([compare_groups(t, KeySpec()) for t in groups])
+    together = compare_groups(pa.concat_tables(groups).take(rng.permutation(sum(t.num_rows for t in groups))),
+                              KeySpec())
+    assert sorted(together.to_pylist(), key=str) == sorted(alone.to_pylist(), key=str) and alone.num_rows > 5
 
 
 def test_classify_ranks_rows_by_the_pass_that_first_saw_them():
@@ -146,3 +164,29 @@ def test_key_rows_carry_each_kinds_payload():
     assert rows.column("bucket").to_pylist() == [3] * 16
     near = rows.filter(pa.array(kinds == NEAR))
     assert near.column("pixel_key").null_count == 6 and near.column("perceptual").null_count == 0
+
+
+@pytest.mark.parametrize("kind", ["exact", "near", "semantic"])
+def test_large_groups_compared_in_chunks_give_what_small_ones_give_in_bulk(kind, monkeypatch):
+    from etl.dedup import compare
+
+    rng = np.random.default_rng(11)
+    count = 90
+    ranks = [(1 + i % 2, int(rng.integers(0, 4)), i) for i in range(count)]
+    judged = (rng.random(count) < 0.5).tolist()
+    base = rng.integers(-2**63, 2**63 - 1, 5, dtype=np.int64)
+    payload = {"exact": {"pixel_key": [f"k{i % 7}" for i in range(count)]},
+               "near": {"perceptual": [[int(base[i % 5] ^ (i % 3)), int(base[(i + 1) % 5])][:1 + i % 2]
+                                       for i in range(count)]},
+               "semantic": {"embedding": (rng.standard_normal((4, 8))[rng.integers(0, 4, count)]
+                                          + 0.05 * rng.standard_normal((count, 8))).astype(np.float32).tolist()}}[kind]
+    key = {"exact": 0, "near": 1 << 62, "semantic": int(np.array([2 << 62], np.uint64).view(np.int64)[0])}[kind]
+    group = _group(key, [f"s{i}" for i in range(count)], ranks, judged, **payload)
+    spec = KeySpec(near_distance=2, semantic_threshold=0.95)
+    bulk = compare_groups(group, spec)
+    monkeypatch.setattr(compare, "SMALL_GROUP", 1)
+    chunked = compare_groups(group, spec)
+    assert sorted(bulk.drop_columns(["cosine"]).to_pylist(), key=str) == \
+        sorted(chunked.drop_columns(["cosine"]).to_pylist(), key=str) and bulk.num_rows > 10
+    np.testing.assert_allclose(sorted(bulk.column("cosine").drop_null().to_pylist()),
+                               sorted(chunked.column("cosine").drop_null().to_pylist()), rtol=1e-5)

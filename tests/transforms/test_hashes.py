@@ -34,17 +34,21 @@ def _encoded(image, fmt="JPEG", **options) -> bytes:
 @pytest.mark.parametrize("name", PHOTOS)
 def test_perceptual_hash_is_imagehashs_phash_on_photos(name):
     image = _photo(name)
-    assert perceptual_hash(image) == _reference(image)
-    assert perceptual_hash(image.convert("RGB")) == _reference(image.convert("RGB"))
+    assert perceptual_hash(image, reducing_gap=None) == _reference(image)
+    assert perceptual_hash(image.convert("RGB"), reducing_gap=None) == _reference(image.convert("RGB"))
+    assert hamming(perceptual_hash(image), _reference(image)) <= 4  # the stage's faster thumbnail
 
 
 def test_perceptual_hash_is_imagehashs_phash_on_many_sizes():
     rng = np.random.default_rng(0)
+    distances = []
     for _ in range(60):
         height, width = (int(v) for v in rng.integers(9, 700, 2))
         coarse = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
         image = Image.fromarray(coarse).resize((width, height), Image.BILINEAR)
-        assert perceptual_hash(image) == _reference(image), (width, height)
+        assert perceptual_hash(image, reducing_gap=None) == _reference(image), (width, height)
+        distances.append(hamming(perceptual_hash(image), _reference(image)))
+    assert np.median(distances) <= 2 and np.mean(distances) <= 1.5, distances  # a few flat images move more
 
 
 def test_hamming_counts_differing_bits_of_signed_hashes():
