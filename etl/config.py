@@ -165,7 +165,9 @@ class DedupConfig(_Section):
     # near_distance bits from its counterpart's; semantic: pooled image embeddings at a cosine of
     # at least semantic_threshold
     kinds: list[Literal["exact", "near", "semantic"]] = Field(["exact", "near", "semantic"], min_length=1)
-    near_distance: int = Field(4, ge=0, le=15)  # a JPEG re-encoded or resized lands 0-4 bits away, unrelated ~32
+    # a JPEG re-encoded or resized lands 0-6 bits away (quality 30 on a small frame: up to 6); two
+    # unrelated images 32 +- 4 (at most 6 for one pair in ~10^12)
+    near_distance: int = Field(6, ge=0, le=15)
     # candidates come from random-hyperplane LSH: a pair at the threshold shares a band with
     # probability 1 - (1 - (1 - acos(t)/pi)^bits)^bands (0.99 at the defaults)
     semantic_threshold: float = Field(0.97, gt=0.0, le=1.0)

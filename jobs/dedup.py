@@ -4,7 +4,7 @@ run and across runs. Writes `duplicates` (one row per duplicate sample, with the
 duplicates) and `dedup_seen` (its ledger) next to `samples`; `etl.ingest.read_samples(...,
 drop_duplicates=True)` leaves the duplicates out.
 
-    python -m jobs.dedup --output s3://bucket/curated [--config FILE] [--kinds exact,near] [--near-distance 4]
+    python -m jobs.dedup --output s3://bucket/curated [--config FILE] [--kinds exact,near] [--near-distance 6]
         [--semantic-threshold 0.97] [--set dedup.partitions=64]
 
 Incremental: a pass compares only what is new since the last one (new rows, rows re-processed

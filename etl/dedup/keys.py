@@ -31,7 +31,7 @@ _VALUE_BITS = 56
 @dataclass(frozen=True)
 class KeySpec:
     exact: bool = True
-    near_distance: Optional[int] = 4          # None: no near duplicates
+    near_distance: Optional[int] = 6          # None: no near duplicates
     semantic_threshold: Optional[float] = 0.97  # None: no semantic duplicates
     semantic_bands: int = 12
     semantic_bits: int = 14

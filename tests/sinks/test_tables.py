@@ -13,7 +13,7 @@ from etl import storage
 from etl.sinks.delta_commits import commit_files, open_table
 from etl.sinks.bucket_files import write_bucket_files
 from etl.sinks.tables import PARQUET_SCHEMA_FILE, TableSchemaMismatch, ensure_tables
-from schemas.tables import quarantine_schema, runs_schema, samples_schema, storage_schema
+from schemas.tables import SCHEMA_VERSION, quarantine_schema, runs_schema, samples_schema, storage_schema
 from tests.sinks.test_delta_commits import rows, run_in_processes
 
 SCHEMAS = {"samples": samples_schema(8, (4, 2, 2)), "quarantine": quarantine_schema(), "runs": runs_schema()}
@@ -42,7 +42,7 @@ def test_a_fresh_output_gets_every_table_empty_with_its_schema(output):
         assert table.version() == 0
         assert table.to_pyarrow_table().num_rows == 0
         assert _stored_fields(uri) == _wanted_fields(schema)
-        assert table.metadata().name == name and "schema version 1" in table.metadata().description
+        assert table.metadata().name == name and f"schema version {SCHEMA_VERSION}" in table.metadata().description
     assert open_table(f"{output}/samples").metadata().partition_columns == ["bucket"]
     assert open_table(f"{output}/runs").metadata().partition_columns == []
 
