@@ -91,6 +91,8 @@ def key_rows(rows: pa.Table, bucket: int, spec: KeySpec) -> pa.Table:
     """Each sample's candidate keys (`etl.dedup.keys`), one row per key, carrying what its
     kind compares: the pixel key, the frames' pHashes or the embedding."""
     count = rows.num_rows
+    if not count:  # a bucket whose samples all went (a backfill quarantined them) reads as untyped columns
+        return KEY_ROW_SCHEMA.empty_table()
     parts = []
     base = {name: rows.column(name) for name in ("sample_id", "run_id", "first_seen", "shard", "row", "judged")}
     base["bucket"] = pa.array(np.full(count, bucket, np.int32))

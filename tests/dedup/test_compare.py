@@ -190,3 +190,14 @@ def test_large_groups_compared_in_chunks_give_what_small_ones_give_in_bulk(kind,
         sorted(chunked.drop_columns(["cosine"]).to_pylist(), key=str) and bulk.num_rows > 10
     np.testing.assert_allclose(sorted(bulk.column("cosine").drop_null().to_pylist()),
                                sorted(chunked.column("cosine").drop_null().to_pylist()), rtol=1e-5)
+
+
+def test_a_bucket_with_no_samples_left_gives_no_keys_and_counts_its_samples_gone():
+    from etl.dedup.buckets import read_files
+
+    empty = read_files([], ["sample_id", "shard", "row", "run_id", "frame_pixel_hashes", "frame_perceptual_hashes",
+                            "embedding"])
+    seen = pa.table({"sample_id": ["a"], "sample_run_id": ["r"], "first_seen": pa.array([1], pa.int32())})
+    classified = classify(empty, seen, pa.table({"sample_id": ["a"]}), pass_number=2)
+    assert classified.removed == 1 and classified.rows.num_rows == 0
+    assert key_rows(classified.rows, 0, KeySpec()).num_rows == 0
