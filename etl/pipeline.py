@@ -171,6 +171,8 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
     shards the ledger records as finished (for the same input) are skipped."""
     from etl import planner
     from etl.cluster_watch import ClusterWatch
+    from etl.dedup.run import dedup_after_run
+    from etl.sinks.maintenance import maintain_after_run
     from etl.commit_mode import shard_work
     from etl.committer import remove_unfinished_rows
     from etl.job_input import job_source
@@ -216,7 +218,7 @@ def run(config: JobConfig, resume: bool = False) -> RunSummary:
         summary.operator_memory = [memory.as_dict() for memory in operator_memory(
             dataset, {"ReadMDS": plan.read_task_memory, **{step.name: step.resources.memory for step in steps}})]
         summary.maintenance, summary.maintenance_error = maintain_after_run(config)
-        summary.dedup, summary.dedup_error = dedup_after_run(config)
+        summary.dedup, summary.dedup_error = dedup_after_run(config)  # etl.dedup.run
     except BaseException as exc:
         summary.error = f"{type(exc).__name__}: {exc}"
         raise
@@ -267,39 +269,6 @@ def _committer(config: JobConfig, schemas: dict, run_id: str, expected: dict[int
                         commit_metadata={DROP_DUPLICATES_KEY: config.filters.drop_duplicates},
                         cadence=CommitCadence(sink.commit_every_shards, sink.commit_every_minutes,
                                               sink.commit_every_files))
-
-
-def maintain_after_run(config: JobConfig) -> tuple[list[dict], Optional[str]]:
-    """Compact, vacuum and checkpoint the tables (Delta, `sink.maintenance.enabled`). Every row
-    is committed by now, so a failure here is reported, not raised: the tables are correct, only
-    not yet tidy, and `python -m jobs.maintain` does it again."""
-    from etl.sinks.maintenance import maintain_tables
-
-    settings = config.sink.maintenance
-    if config.sink.format != "delta" or not settings.enabled:
-        return [], None
-    try:
-        return [health.as_dict() for health in maintain_tables(config.output, settings)], None
-    except Exception as exc:  # noqa: BLE001 - see the docstring
-        logger.exception("maintenance of the tables under %s failed", config.output)
-        return [], f"{type(exc).__name__}: {exc}"
-
-
-def dedup_after_run(config: JobConfig) -> tuple[dict, Optional[str]]:
-    """A `jobs.dedup` pass over the output (`dedup.after_run`, Delta tables). Like maintenance,
-    a failure is reported, not raised: the run's rows are committed, and `python -m jobs.dedup`
-    runs the pass again."""
-    from dataclasses import asdict
-
-    from etl.dedup.run import run_dedup
-
-    if config.sink.format != "delta" or not config.dedup.after_run:
-        return {}, None
-    try:
-        return asdict(run_dedup(config.output, config.dedup)), None
-    except Exception as exc:  # noqa: BLE001 - see the docstring
-        logger.exception("the dedup pass over %s failed", config.output)
-        return {}, f"{type(exc).__name__}: {exc}"
 
 
 def _commit_as_written(dataset, committer) -> None:

@@ -67,8 +67,9 @@ def classify(samples: pa.Table, seen: pa.Table, duplicates: pa.Table, pass_numbe
     same_run = known.copy()
     first_seen = np.full(len(samples), pass_number, np.int32)
     if len(seen):
-        earlier_runs = np.asarray(seen.column("sample_run_id").take(pa.array(positions)).to_pylist(), dtype=object)
-        same_run &= earlier_runs == np.asarray(samples.column("run_id").to_pylist(), dtype=object)
+        earlier_runs = seen.column("sample_run_id").take(pa.array(positions))
+        same_run &= pc.equal(earlier_runs, samples.column("run_id").cast(pa.string())).fill_null(False).to_numpy(
+            zero_copy_only=False)
         earlier = seen.column("first_seen").to_numpy().astype(np.int32)[positions]
         first_seen = np.where(same_run, earlier, first_seen).astype(np.int32)
     was_duplicate = np.asarray(pc.is_in(samples.column("sample_id"),

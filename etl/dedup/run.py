@@ -252,3 +252,16 @@ def run_dedup(output: str, config: DedupConfig, samples_version: Optional[int] =
     summary.seconds = time.perf_counter() - started
     logger.info(summary.line())
     return summary
+
+
+def dedup_after_run(config) -> tuple[dict, Optional[str]]:
+    """A `jobs.dedup` pass over the output (`dedup.after_run`, Delta tables). Like maintenance,
+    a failure is reported, not raised: the run's rows are committed, and `python -m jobs.dedup`
+    runs the pass again."""
+    if config.sink.format != "delta" or not config.dedup.after_run:
+        return {}, None
+    try:
+        return asdict(run_dedup(config.output, config.dedup)), None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logger.exception("the dedup pass over %s failed", config.output)
+        return {}, f"{type(exc).__name__}: {exc}"

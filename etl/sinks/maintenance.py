@@ -17,14 +17,18 @@ that only appends costs it a recommit; a backfill or another compaction that rem
 files makes it plan again on the new snapshot.
 """
 
+import logging
 import posixpath
 import time
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 from etl import storage
 from etl.config import MaintenanceConfig
 from etl.sinks.compaction import compact
 from etl.sinks.delta_commits import open_table
+
+logger = logging.getLogger(__name__)
 
 TABLES = ("samples", "quarantine", "runs", "duplicates", "dedup_seen")
 _CHECKPOINT_INTERVAL = "delta.checkpointInterval"
@@ -109,3 +113,17 @@ def log_shape(uri: str) -> tuple[int, int]:
     last = max(checkpoints, default=-1)
     replay = sum(1 for name in files if name.endswith(".json") and name[:20].isdigit() and int(name[:20]) > last)
     return sum(files.values()), replay
+
+
+def maintain_after_run(config) -> tuple[list[dict], Optional[str]]:
+    """Compact, vacuum and checkpoint the tables (Delta, `sink.maintenance.enabled`). Every row
+    is committed by now, so a failure here is reported, not raised: the tables are correct, only
+    not yet tidy, and `python -m jobs.maintain` does it again."""
+    settings = config.sink.maintenance
+    if config.sink.format != "delta" or not settings.enabled:
+        return [], None
+    try:
+        return [health.as_dict() for health in maintain_tables(config.output, settings)], None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logger.exception("maintenance of the tables under %s failed", config.output)
+        return [], f"{type(exc).__name__}: {exc}"

@@ -3,7 +3,6 @@ after a backfill: the counts add up (samples + quarantine == input, each rule's 
 the rows it marks), every injected copy is found, later passes compare only what changed, and
 the duplicates table always describes live rows."""
 
-import io
 import json
 
 import pyarrow as pa
@@ -99,7 +98,6 @@ def test_later_passes_compare_what_changed_and_keep_the_table_live(curated, tiny
 
     config, first, rows = curated
     before = {r["sample_id"]: r["duplicate_of"] for r in _table(config.output, "duplicates").to_pylist()}
-    out = io.StringIO()
     summary_path = f"{config.output}/dedup-2.json"
     assert dedup.main(["--output", config.output, "--kinds", "exact,near", "--set", "dedup.partitions=4",
                        "--summary-json", summary_path]) == 0
@@ -121,7 +119,6 @@ def test_later_passes_compare_what_changed_and_keep_the_table_live(curated, tiny
     assert {r["sample_id"] for r in after} | {r["duplicate_of"] for r in after} <= {s for s, _ in live}
     # one copy of each pair is kept: the same number of duplicates, whichever copy the ranks chose
     assert len(after) == len(before)
-    del out
 
 
 def test_training_reads_leave_out_filtered_rows_and_duplicates(curated):
